@@ -1,0 +1,39 @@
+"""runner: a lightweight job runner on PostgreSQL.
+
+The public API: `handler` declares a handler, `enqueue` adds a job, `wait_for`
+waits for its outcome.
+"""
+
+from runner.client import enqueue, get_job, wait_for
+from runner.errors import (
+    ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailable,
+    InvalidArguments,
+    JobError,
+    JobNotFound,
+    PermanentError,
+    RunnerError,
+    UnknownTask,
+)
+from runner.jobs import JobState
+from runner.registry import Handler, JobContext, handler
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseError",
+    "DatabaseUnavailable",
+    "Handler",
+    "InvalidArguments",
+    "JobContext",
+    "JobError",
+    "JobNotFound",
+    "JobState",
+    "PermanentError",
+    "RunnerError",
+    "UnknownTask",
+    "enqueue",
+    "get_job",
+    "handler",
+    "wait_for",
+]

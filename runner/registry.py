@@ -1,0 +1,204 @@
+"""The handler registry: task names mapped to the callables that run them.
+
+Handlers come from the entry-point group `runner.handlers` (the built-in `handlers`
+package declares itself there, and so can any installed package) and from modules
+named on the command line or in `RUNNER_IMPORT`. An entry point may name a handler
+or a module; every `Handler` found in a module is registered.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, overload
+
+from runner.errors import ConfigurationError, InvalidArguments, UnknownTask
+
+if TYPE_CHECKING:
+    from runner.store import Connection
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "runner.handlers"
+
+
+@dataclass
+class JobContext:
+    """What a handler that asks for it receives as its first argument."""
+
+    job_id: int
+    task: str
+    attempt: int
+    max_attempts: int
+    conn: Connection | None
+    """The transaction that will complete the job, for transactional handlers."""
+    _after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the job's outcome has committed."""
+        self._after_commit.append(callback)
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A callable registered under a task name.
+
+    A transactional handler runs inside the database transaction that completes its
+    job, through `ctx.conn`: its writes and the job's completion commit together or
+    not at all.
+    """
+
+    name: str
+    func: Callable[..., Any]
+    transactional: bool = False
+    takes_context: bool = False
+    timeout: float | None = None
+    """Seconds an attempt may run before it is interrupted; None: the runner default."""
+    description: str = ""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*args, **kwargs)
+
+    def check_arguments(self, args: dict[str, Any]) -> None:
+        """Raise InvalidArguments when `args` cannot be passed to the handler."""
+        signature = inspect.signature(self.func)
+        params = list(signature.parameters.values())
+        if self.takes_context:
+            params = params[1:]
+        try:
+            signature.replace(parameters=params).bind(**args)
+        except TypeError as exc:
+            raise InvalidArguments(
+                f"invalid arguments for {self.name!r}: {exc}"
+            ) from None
+
+    def run(self, ctx: JobContext, args: dict[str, Any]) -> Any:
+        self.check_arguments(args)
+        if self.takes_context:
+            return self.func(ctx, **args)
+        return self.func(**args)
+
+
+@overload
+def handler(func: Callable[..., Any], /) -> Handler: ...
+
+
+@overload
+def handler(
+    name: str | None = None,
+    /,
+    *,
+    transactional: bool = False,
+    context: bool = False,
+    timeout: float | None = None,
+) -> Callable[[Callable[..., Any]], Handler]: ...
+
+
+def handler(
+    name_or_func: str | Callable[..., Any] | None = None,
+    /,
+    *,
+    transactional: bool = False,
+    context: bool = False,
+    timeout: float | None = None,
+) -> Handler | Callable[[Callable[..., Any]], Handler]:
+    """Declare a handler, named after the function unless a name is given.
+
+    `transactional=True` implies `context=True`: the handler receives a `JobContext`
+    whose `conn` is the job's transaction.
+    """
+
+    def wrap(func: Callable[..., Any]) -> Handler:
+        name = name_or_func if isinstance(name_or_func, str) else func.__name__
+        doc = inspect.getdoc(func) or ""
+        return Handler(
+            name=name,
+            func=func,
+            transactional=transactional,
+            takes_context=context or transactional,
+            timeout=timeout,
+            description=doc.splitlines()[0] if doc else "",
+        )
+
+    if callable(name_or_func):
+        return wrap(name_or_func)
+    return wrap
+
+
+class Registry:
+    """Handlers by task name."""
+
+    def __init__(self, handlers: Iterable[Handler] = ()) -> None:
+        self._handlers: dict[str, Handler] = {}
+        for h in handlers:
+            self.add(h)
+
+    def add(self, h: Handler) -> None:
+        existing = self._handlers.get(h.name)
+        if existing is not None and existing.func is not h.func:
+            raise ConfigurationError(
+                f"two handlers are registered for task {h.name!r}: "
+                f"{_where(existing)} and {_where(h)}"
+            )
+        self._handlers[h.name] = h
+
+    def add_module(self, module: ModuleType) -> None:
+        for value in vars(module).values():
+            if isinstance(value, Handler):
+                self.add(value)
+
+    def get(self, task: str) -> Handler:
+        try:
+            return self._handlers[task]
+        except KeyError:
+            raise UnknownTask(task) from None
+
+    def __contains__(self, task: object) -> bool:
+        return task in self._handlers
+
+    def __iter__(self) -> Iterator[Handler]:
+        return iter(sorted(self._handlers.values(), key=lambda h: h.name))
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+
+def _where(h: Handler) -> str:
+    return f"{h.func.__module__}.{h.func.__qualname__}"
+
+
+def discover(imports: Iterable[str] = ()) -> Registry:
+    """Build the registry from installed entry points and the named modules."""
+    registry = Registry()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            _register(registry, ep.load())
+        except ConfigurationError:
+            raise
+        except Exception as exc:
+            raise ConfigurationError(
+                f"cannot load handlers from entry point {ep.name!r} ({ep.value}): {exc}"
+            ) from exc
+    for name in imports:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"cannot import handler module {name!r}: {exc}"
+            ) from exc
+        registry.add_module(module)
+    return registry
+
+
+def _register(registry: Registry, obj: object) -> None:
+    if isinstance(obj, Handler):
+        registry.add(obj)
+    elif isinstance(obj, ModuleType):
+        registry.add_module(obj)
+    else:
+        raise ConfigurationError(f"{obj!r} is neither a handler nor a module")

@@ -1,0 +1,155 @@
+-- Runtime queries, one named block each, named entity first. runner.queries loads
+-- them once. Every value is a bound parameter.
+
+-- name: job_insert
+INSERT INTO runner.jobs (task, args, queue, priority, max_attempts, run_at)
+VALUES (
+    %(task)s, %(args)s, %(queue)s, %(priority)s, %(max_attempts)s,
+    coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay)s))
+)
+RETURNING id;
+
+-- name: job_claim
+-- Claim the next runnable job: highest priority, then oldest. The attempt is
+-- counted here, before the handler runs.
+WITH next AS (
+    SELECT id
+    FROM runner.jobs
+    WHERE state = 'queued' AND run_at <= now()
+    ORDER BY priority DESC, run_at, id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE runner.jobs AS j
+SET state = 'running', attempts = j.attempts + 1,
+    claimed_by = %(worker_id)s, claimed_at = now(), updated_at = now()
+FROM next
+WHERE j.id = next.id
+RETURNING j.id, j.task, j.args, j.queue, j.attempts, j.max_attempts;
+
+-- name: job_claim_in_queues
+WITH next AS (
+    SELECT id
+    FROM runner.jobs
+    WHERE state = 'queued' AND run_at <= now() AND queue = ANY(%(queues)s)
+    ORDER BY priority DESC, run_at, id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE runner.jobs AS j
+SET state = 'running', attempts = j.attempts + 1,
+    claimed_by = %(worker_id)s, claimed_at = now(), updated_at = now()
+FROM next
+WHERE j.id = next.id
+RETURNING j.id, j.task, j.args, j.queue, j.attempts, j.max_attempts;
+
+-- name: job_next_run_in
+-- Seconds until the earliest queued job becomes runnable (negative: it already is).
+SELECT extract(epoch FROM min(run_at) - now())::float8
+FROM runner.jobs
+WHERE state = 'queued';
+
+-- name: job_succeed
+-- Every finishing write checks that this runner still holds the claim, so an attempt
+-- whose job was taken away cannot record an outcome.
+UPDATE runner.jobs
+SET state = 'succeeded', result = %(result)s, finished_at = now(), updated_at = now(),
+    claimed_by = NULL, claimed_at = NULL
+WHERE id = %(id)s AND state = 'running' AND claimed_by = %(worker_id)s;
+
+-- name: job_retry
+UPDATE runner.jobs
+SET state = 'queued', last_error = %(error)s,
+    run_at = now() + make_interval(secs => %(delay)s), updated_at = now(),
+    claimed_by = NULL, claimed_at = NULL
+WHERE id = %(id)s AND state = 'running' AND claimed_by = %(worker_id)s;
+
+-- name: job_fail
+UPDATE runner.jobs
+SET state = 'failed', last_error = %(error)s, finished_at = now(), updated_at = now(),
+    claimed_by = NULL, claimed_at = NULL
+WHERE id = %(id)s AND state = 'running' AND claimed_by = %(worker_id)s;
+
+-- name: job_release
+-- Hand an interrupted attempt back to the queue without counting it: the runner is
+-- stopping or lost its connection, the job itself did not fail.
+UPDATE runner.jobs
+SET state = 'queued', attempts = greatest(attempts - 1, 0), last_error = %(error)s,
+    updated_at = now(), claimed_by = NULL, claimed_at = NULL
+WHERE state = 'running' AND claimed_by = %(worker_id)s
+RETURNING id;
+
+-- name: job_get
+SELECT id, task, args, queue, priority, state::text, attempts, max_attempts, run_at,
+       claimed_by, claimed_at, last_error, result, created_at, updated_at, finished_at
+FROM runner.jobs
+WHERE id = %(id)s;
+
+-- name: job_result_forget
+-- Remove one field from a job's result: a sealed secret is wiped once it was read.
+UPDATE runner.jobs
+SET result = result - %(field)s::text, updated_at = now()
+WHERE id = %(id)s AND result ? %(field)s::text;
+
+-- name: job_rescue_stalled
+-- Put back the running jobs whose runner has not shown it is alive within the
+-- threshold. The lost attempt stays counted; a job on its last attempt fails.
+WITH stalled AS (
+    SELECT j.id
+    FROM runner.jobs AS j
+    WHERE j.state = 'running'
+      AND j.claimed_at < now() - make_interval(secs => %(threshold)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM runner.workers AS w
+          WHERE w.id = j.claimed_by
+            AND w.last_seen_at >= now() - make_interval(secs => %(threshold)s)
+      )
+    ORDER BY j.id
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE runner.jobs AS j
+SET state = (CASE WHEN j.attempts >= j.max_attempts
+                  THEN 'failed' ELSE 'queued' END)::runner.job_state,
+    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+    last_error = format('runner died during execution (attempt %%s of %%s, runner %%s)',
+                        j.attempts, j.max_attempts, j.claimed_by),
+    updated_at = now(), claimed_by = NULL, claimed_at = NULL
+FROM stalled
+WHERE j.id = stalled.id AND j.state = 'running'
+RETURNING j.id, j.task, j.state::text, j.attempts;
+
+-- name: job_prune
+-- Delete one bounded batch of jobs that finished before the retention period.
+DELETE FROM runner.jobs
+WHERE id IN (
+    SELECT id FROM runner.jobs
+    WHERE finished_at < now() - make_interval(secs => %(retention)s)
+    ORDER BY finished_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+);
+
+-- name: worker_heartbeat
+-- Register the runner, or record that it is still alive.
+INSERT INTO runner.workers (id, hostname, pid) VALUES (%(worker_id)s, %(hostname)s, %(pid)s)
+ON CONFLICT (id) DO UPDATE SET last_seen_at = now();
+
+-- name: worker_delete
+DELETE FROM runner.workers WHERE id = %(worker_id)s;
+
+-- name: worker_forget_dead
+-- Forget runners silent for longer than the threshold that hold no job.
+DELETE FROM runner.workers AS w
+WHERE w.last_seen_at < now() - make_interval(secs => %(threshold)s)
+  AND NOT EXISTS (
+      SELECT 1 FROM runner.jobs AS j
+      WHERE j.state = 'running' AND j.claimed_by = w.id
+  );
+
+-- name: sweep_try_lock
+-- One runner at a time runs each sweep; the others skip it. Held to the end of the
+-- sweep's transaction.
+SELECT pg_try_advisory_xact_lock(hashtext('runner.sweep'), hashtext(%(sweep)s));
+
+-- name: clock_now
+SELECT now();

@@ -1,0 +1,236 @@
+"""All database access: connections, the schema, and every query the runner runs.
+
+This is the one boundary where psycopg errors become the runner's own: a connection
+that cannot be made or is lost raises `DatabaseUnavailable`, any other failure
+`DatabaseError`, always chained to the driver's error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from runner import queries
+from runner.errors import DatabaseError, DatabaseUnavailable, JobNotFound
+from runner.jobs import ClaimedJob
+
+logger = logging.getLogger(__name__)
+
+Connection = psycopg.Connection[Any]
+
+# Serialises concurrent `runner migrate` runs; an arbitrary constant of the project.
+_MIGRATE_LOCK_KEY = 0x72756E6E6572  # "runner"
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Re-raise driver errors as the runner's own."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(_first_line(exc)) from exc
+    except psycopg.Error as exc:
+        raise DatabaseError(_first_line(exc)) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def connect(url: str, *, autocommit: bool = True, timeout: float = 10) -> Connection:
+    """Open a connection; `timeout` (seconds) bounds the connection attempt only."""
+    with translate_errors():
+        return psycopg.connect(
+            url,
+            autocommit=autocommit,
+            connect_timeout=max(1, round(timeout)),
+            application_name="runner",
+        )
+
+
+def describe(url: str) -> str:
+    """The database a URL names, for logs: never the password."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "an unparseable database URL"
+    host = params.get("host") or "localhost"
+    port = params.get("port") or "5432"
+    where = f"{host}" if str(host).startswith("/") else f"{host}:{port}"
+    dbname, user = params.get("dbname", "?"), params.get("user", "?")
+    return f"database {dbname} on {where} as {user}"
+
+
+def migrate(conn: Connection) -> int:
+    """Apply the schema (idempotently) and return the schema version now in force."""
+    with translate_errors(), conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK_KEY,))
+        conn.execute(queries.schema())
+        row = conn.execute("SELECT version FROM runner.schema_version").fetchone()
+    assert row is not None  # the schema script always inserts it
+    return int(row[0])
+
+
+def insert_job(
+    conn: Connection,
+    task: str,
+    args: dict[str, Any],
+    *,
+    queue: str,
+    priority: int,
+    max_attempts: int,
+    delay: float,
+    run_at: datetime | None,
+) -> int:
+    """Insert one job in the connection's current transaction; return its id."""
+    params = {
+        "task": task,
+        "args": Jsonb(args),
+        "queue": queue,
+        "priority": priority,
+        "max_attempts": max_attempts,
+        "delay": float(delay),
+        "run_at": run_at,
+    }
+    with translate_errors():
+        row = conn.execute(queries.query("job_insert"), params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def get_job(conn: Connection, job_id: int) -> dict[str, Any]:
+    """Every column of one job, as a dict."""
+    with translate_errors(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(queries.query("job_get"), {"id": job_id}).fetchone()
+    if row is None:
+        raise JobNotFound(f"no job with id {job_id}")
+    return row
+
+
+def forget_result_field(conn: Connection, job_id: int, field: str) -> None:
+    with translate_errors():
+        conn.execute(queries.query("job_result_forget"), {"id": job_id, "field": field})
+
+
+def clock_now(conn: Connection) -> datetime:
+    """The database's current time."""
+    with translate_errors():
+        row = conn.execute(queries.query("clock_now")).fetchone()
+    assert row is not None
+    value: datetime = row[0]
+    return value
+
+
+class WorkerStore:
+    """The queries one runner process runs, bound to its identity."""
+
+    def __init__(self, worker_id: uuid.UUID) -> None:
+        self.worker_id = worker_id
+
+    def heartbeat(self, conn: Connection) -> None:
+        params = {
+            "worker_id": self.worker_id,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+        with translate_errors():
+            conn.execute(queries.query("worker_heartbeat"), params)
+
+    def unregister(self, conn: Connection) -> None:
+        with translate_errors():
+            conn.execute(queries.query("worker_delete"), {"worker_id": self.worker_id})
+
+    def claim(self, conn: Connection, queues: tuple[str, ...]) -> ClaimedJob | None:
+        """Claim the next runnable job, or None when there is none."""
+        params: dict[str, Any] = {"worker_id": self.worker_id}
+        if queues:
+            name = "job_claim_in_queues"
+            params["queues"] = list(queues)
+        else:
+            name = "job_claim"
+        with translate_errors():
+            row = conn.execute(queries.query(name), params, prepare=True).fetchone()
+        if row is None:
+            return None
+        job_id, task, args, queue, attempts, max_attempts = row
+        return ClaimedJob(job_id, task, args, queue, attempts, max_attempts)
+
+    def next_run_in(self, conn: Connection) -> float | None:
+        """Seconds until the earliest queued job is due, or None when none is queued."""
+        with translate_errors():
+            row = conn.execute(queries.query("job_next_run_in")).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def succeed(self, conn: Connection, job_id: int, result: Any) -> bool:
+        """Record success; False when this runner no longer holds the claim."""
+        params = {
+            "id": job_id,
+            "worker_id": self.worker_id,
+            "result": None if result is None else Jsonb(result),
+        }
+        return self._finish(conn, "job_succeed", params)
+
+    def retry(self, conn: Connection, job_id: int, error: str, delay: float) -> bool:
+        params = {
+            "id": job_id,
+            "worker_id": self.worker_id,
+            "error": error,
+            "delay": delay,
+        }
+        return self._finish(conn, "job_retry", params)
+
+    def fail(self, conn: Connection, job_id: int, error: str) -> bool:
+        params = {"id": job_id, "worker_id": self.worker_id, "error": error}
+        return self._finish(conn, "job_fail", params)
+
+    def release(self, conn: Connection, error: str) -> list[int]:
+        """Put every job this runner holds back in the queue, attempt not counted."""
+        params = {"worker_id": self.worker_id, "error": error}
+        with translate_errors():
+            rows = conn.execute(queries.query("job_release"), params).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def _finish(self, conn: Connection, name: str, params: dict[str, Any]) -> bool:
+        with translate_errors():
+            cur = conn.execute(queries.query(name), params, prepare=True)
+        return cur.rowcount == 1
+
+
+def try_sweep_lock(conn: Connection, sweep: str) -> bool:
+    """Take the sweep's lock for the current transaction; False if another has it."""
+    with translate_errors():
+        row = conn.execute(queries.query("sweep_try_lock"), {"sweep": sweep}).fetchone()
+    return bool(row and row[0])
+
+
+def rescue_stalled(
+    conn: Connection, threshold: float
+) -> list[tuple[int, str, str, int]]:
+    """Requeue or fail the jobs of silent runners: (id, task, state, attempts)."""
+    with translate_errors():
+        rows = conn.execute(
+            queries.query("job_rescue_stalled"), {"threshold": threshold}
+        ).fetchall()
+        conn.execute(queries.query("worker_forget_dead"), {"threshold": threshold})
+    return [(int(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]
+
+
+def prune_batch(conn: Connection, retention: float, batch: int) -> int:
+    """Delete up to `batch` jobs finished before the retention; return how many."""
+    with translate_errors():
+        cur = conn.execute(
+            queries.query("job_prune"), {"retention": retention, "batch": batch}
+        )
+    return cur.rowcount

@@ -1,0 +1,407 @@
+"""The worker: the loop of `runner run` that claims jobs and runs them one at a time.
+
+Handlers run in the main thread. Signals reach it in two ways: a Python handler sets
+flags (and interrupts an overdue handler), and `signal.set_wakeup_fd` writes to a
+pipe that the listener watches, so an idle wait ends at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import select
+import signal
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+from runner import metrics, store
+from runner.config import Settings
+from runner.errors import DatabaseUnavailable, PermanentError, UnknownTask
+from runner.jobs import ClaimedJob
+from runner.listener import Listener
+from runner.registry import Handler, JobContext, Registry
+from runner.scheduler import MaintenanceScheduler
+
+logger = logging.getLogger(__name__)
+
+# Reconnection waits double from the first to the last, in seconds.
+RECONNECT_FIRST_DELAY = 0.5
+RECONNECT_MAX_DELAY = 30.0
+# Error texts stored on a job are cut to this many characters.
+MAX_ERROR_LENGTH = 4000
+
+
+class _DeadlinePassed(KeyboardInterrupt):
+    """Raised in the handler's frame when its time is up.
+
+    A KeyboardInterrupt, so that psycopg cancels a query in progress and a handler's
+    `except Exception` does not swallow it.
+    """
+
+
+class _ClaimLost(Exception):
+    """The job was taken from this runner before its outcome was recorded."""
+
+
+class Worker:
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.id = uuid.uuid4()
+        self.store = store.WorkerStore(self.id)
+        self._stopping = False
+        self._in_handler = False
+        self._deadline_reason = ""
+        self._conn: store.Connection | None = None
+        self._wakeup_r, self._wakeup_w = os.pipe()
+        os.set_blocking(self._wakeup_r, False)
+        os.set_blocking(self._wakeup_w, False)
+        self._listener = Listener(settings.database_url, self._wakeup_r)
+        self._maintenance = MaintenanceScheduler(settings, self.store)
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the current job."""
+        self._stopping = True
+        os.write(self._wakeup_w, b"\0")
+
+    # The loop
+
+    def run(self) -> None:
+        """Run jobs until SIGTERM or SIGINT; reconnect whenever the database is lost."""
+        self._install_signal_handlers()
+        logger.info(
+            "runner %s starting on %s with %s handlers",
+            self.id,
+            store.describe(self.settings.database_url),
+            len(self.registry),
+            extra={"action": "worker_starting", "worker_id": str(self.id)},
+        )
+        started = False
+        delay = RECONNECT_FIRST_DELAY
+        try:
+            while not self._stopping:
+                try:
+                    self._connect()
+                    if not started:
+                        self._maintenance.start()
+                        started = True
+                    delay = RECONNECT_FIRST_DELAY
+                    self._serve()
+                except DatabaseUnavailable as exc:
+                    self._disconnect()
+                    if self._stopping:
+                        break
+                    logger.warning(
+                        "database unavailable (%s); reconnecting in %.1f s",
+                        exc,
+                        delay,
+                        extra={"action": "database_unavailable"},
+                    )
+                    self._sleep(delay)
+                    delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                    metrics.RECONNECTS.inc()
+        finally:
+            if started:
+                self._maintenance.shutdown()
+            self._shutdown()
+
+    def _connect(self) -> None:
+        self._listener.connect()
+        self._conn = store.connect(self.settings.database_url, autocommit=True)
+        self.store.heartbeat(self._conn)
+        # Jobs still claimed under this identity were cut off by a lost connection.
+        released = self.store.release(
+            self._conn, "the runner lost its database connection"
+        )
+        for job_id in released:
+            logger.warning(
+                "job %s put back after a lost connection",
+                job_id,
+                extra={"action": "job_released", "job_id": job_id},
+            )
+        logger.info(
+            "runner %s listening for jobs",
+            self.id,
+            extra={"action": "worker_listening", "worker_id": str(self.id)},
+        )
+
+    def _serve(self) -> None:
+        """Claim and run jobs; wait for a notification when there are none."""
+        conn = self._conn
+        assert conn is not None
+        while not self._stopping:
+            job = self.store.claim(conn, self.settings.queues)
+            if job is not None:
+                self._run_job(conn, job)
+                continue
+            self._listener.wait(self._idle_timeout(conn))
+            self._drain_wakeups()
+
+    def _idle_timeout(self, conn: store.Connection) -> float:
+        """How long to wait idle: the poll interval, or less when a job falls due."""
+        due_in = self.store.next_run_in(conn)
+        if due_in is None:
+            return self.settings.poll_interval
+        return min(self.settings.poll_interval, max(due_in, 0.001))
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once for a signal."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping and (left := deadline - time.monotonic()) > 0:
+            select.select([self._wakeup_r], [], [], left)
+            self._drain_wakeups()
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wakeup_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _disconnect(self) -> None:
+        self._listener.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _shutdown(self) -> None:
+        try:
+            conn = self._conn or store.connect(self.settings.database_url, timeout=5)
+            released = self.store.release(conn, "the runner stopped before it finished")
+            for job_id in released:
+                logger.warning(
+                    "job %s put back in the queue, attempt not counted",
+                    job_id,
+                    extra={"action": "job_released", "job_id": job_id},
+                )
+            self.store.unregister(conn)
+            conn.close()
+        except DatabaseUnavailable as exc:
+            logger.warning(
+                "could not unregister from the database: %s",
+                exc,
+                extra={"action": "worker_unregister_failed"},
+            )
+        self._listener.close()
+        self._conn = None
+        logger.info("runner %s stopped", self.id, extra={"action": "worker_stopped"})
+
+    # One job
+
+    def _run_job(self, conn: store.Connection, job: ClaimedJob) -> None:
+        extra = {
+            "action": "job_started",
+            "job_id": job.id,
+            "task": job.task,
+            "attempt": job.attempt,
+        }
+        logger.info(
+            "job %s (%s) started, attempt %s of %s",
+            job.id,
+            job.task,
+            job.attempt,
+            job.max_attempts,
+            extra=extra,
+        )
+        started = time.perf_counter()
+        task_label = job.task if job.task in self.registry else metrics.UNKNOWN_TASK
+        outcome = self._attempt(conn, job)
+        metrics.JOBS.labels(task_label, outcome).inc()
+        metrics.JOB_DURATION.labels(task_label).observe(time.perf_counter() - started)
+
+    def _attempt(self, conn: store.Connection, job: ClaimedJob) -> str:
+        """Run the handler and record how it ended; return the outcome's name."""
+        ctx = JobContext(job.id, job.task, job.attempt, job.max_attempts, None)
+        try:
+            handler = self.registry.get(job.task)
+            if handler.transactional:
+                result = self._run_in_transaction(conn, handler, ctx, job)
+            else:
+                result = self._run_handler(handler, ctx, job)
+                if not self.store.succeed(conn, job.id, _jsonable(result)):
+                    raise _ClaimLost
+        except _ClaimLost:
+            logger.warning(
+                "job %s was taken from this runner; its outcome was not recorded",
+                job.id,
+                extra=_job_extra("job_claim_lost", job),
+            )
+            return "lost"
+        except DatabaseUnavailable:
+            raise
+        except _DeadlinePassed:
+            return self._after_deadline(conn, job)
+        except (UnknownTask, PermanentError) as exc:
+            return self._fail(conn, job, str(exc))
+        except Exception as exc:
+            return self._retry_or_fail(conn, job, _describe_error(exc))
+        for callback in ctx._after_commit:
+            callback()
+        logger.info(
+            "job %s (%s) succeeded",
+            job.id,
+            job.task,
+            extra=_job_extra("job_succeeded", job),
+        )
+        return "succeeded"
+
+    def _run_in_transaction(
+        self, conn: store.Connection, handler: Handler, ctx: JobContext, job: ClaimedJob
+    ) -> Any:
+        with store.translate_errors(), conn.transaction():
+            ctx.conn = conn
+            result = self._run_handler(handler, ctx, job)
+            if not self.store.succeed(conn, job.id, _jsonable(result)):
+                raise _ClaimLost
+        return result
+
+    def _run_handler(self, handler: Handler, ctx: JobContext, job: ClaimedJob) -> Any:
+        timeout = handler.timeout or self.settings.job_timeout
+        with self._deadline(timeout):
+            return handler.run(ctx, job.args)
+
+    def _after_deadline(self, conn: store.Connection, job: ClaimedJob) -> str:
+        if self._deadline_reason == "shutdown":
+            self.store.release(conn, "interrupted: the runner was stopping")
+            logger.warning(
+                "job %s (%s) interrupted by shutdown; put back in the queue",
+                job.id,
+                job.task,
+                extra=_job_extra("job_released", job),
+            )
+            return "released"
+        error = f"timed out after {self._job_timeout(job):g} s"
+        return self._retry_or_fail(conn, job, error)
+
+    def _job_timeout(self, job: ClaimedJob) -> float:
+        handler = self.registry.get(job.task)
+        return handler.timeout or self.settings.job_timeout
+
+    def _retry_or_fail(
+        self, conn: store.Connection, job: ClaimedJob, error: str
+    ) -> str:
+        if job.is_last_attempt:
+            return self._fail(conn, job, error)
+        delay = self._backoff(job.attempt)
+        self.store.retry(conn, job.id, error[:MAX_ERROR_LENGTH], delay)
+        logger.info(
+            "job %s (%s) failed attempt %s of %s, retrying in %.1f s: %s",
+            job.id,
+            job.task,
+            job.attempt,
+            job.max_attempts,
+            delay,
+            _first_line(error),
+            extra=_job_extra("job_retried", job),
+        )
+        return "retried"
+
+    def _fail(self, conn: store.Connection, job: ClaimedJob, error: str) -> str:
+        self.store.fail(conn, job.id, error[:MAX_ERROR_LENGTH])
+        logger.error(
+            "job %s (%s) failed: %s",
+            job.id,
+            job.task,
+            _first_line(error),
+            extra=_job_extra("job_failed", job),
+        )
+        return "failed"
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with jitter: half fixed, half random."""
+        s = self.settings
+        delay: float = min(s.retry_max_delay, s.retry_base_delay * 2.0 ** (attempt - 1))
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    # Deadlines and signals
+
+    @contextmanager
+    def _deadline(self, seconds: float) -> Iterator[None]:
+        """Interrupt the block with _DeadlinePassed after `seconds`, or on shutdown."""
+        self._deadline_reason = "timeout"
+        self._in_handler = True
+        if self._stopping:
+            seconds = min(seconds, self.settings.shutdown_grace)
+            self._deadline_reason = "shutdown"
+        signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+        try:
+            yield
+        finally:
+            self._in_handler = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _install_signal_handlers(self) -> None:
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGALRM, self._on_alarm)
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self._stopping and self._in_handler:
+            logger.warning(
+                "%s again: interrupting the current job now",
+                name,
+                extra={"action": "worker_hurried"},
+            )
+            self._deadline_reason = "shutdown"
+            raise _DeadlinePassed
+        self._stopping = True
+        if not self._in_handler:
+            logger.info(
+                "%s received: stopping", name, extra={"action": "worker_stopping"}
+            )
+            return
+        remaining: float = signal.getitimer(signal.ITIMER_REAL)[0]
+        grace = self.settings.shutdown_grace
+        if remaining == 0 or grace < remaining:
+            self._deadline_reason = "shutdown"
+            signal.setitimer(signal.ITIMER_REAL, max(grace, 0.001))
+        logger.info(
+            "%s received: stopping after the current job (at most %g s)",
+            name,
+            min(grace, remaining or grace),
+            extra={"action": "worker_stopping"},
+        )
+
+    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        if self._in_handler:
+            raise _DeadlinePassed
+
+
+def _job_extra(action: str, job: ClaimedJob) -> dict[str, Any]:
+    return {
+        "action": action,
+        "job_id": job.id,
+        "task": job.task,
+        "attempt": job.attempt,
+    }
+
+
+def _describe_error(exc: BaseException) -> str:
+    """The error as stored on the job: type, message and where it was raised."""
+    where = traceback.extract_tb(exc.__traceback__)
+    frame = where[-1] if where else None
+    at = f" (at {frame.filename}:{frame.lineno})" if frame else ""
+    message = str(exc) or "no message"
+    return f"{type(exc).__name__}: {message}{at}"
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else text
+
+
+def _jsonable(result: Any) -> Any:
+    """The handler's return value as stored: JSON-compatible values only."""
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError):
+        return {"repr": repr(result)[:MAX_ERROR_LENGTH]}
+    return result

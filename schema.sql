@@ -1,0 +1,1 @@
+runner/sql/schema.sql
