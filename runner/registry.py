@@ -11,11 +11,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import types
+import typing
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Union, overload
 
 from runner.errors import ConfigurationError, InvalidArguments, UnknownTask
 
@@ -65,17 +67,29 @@ class Handler:
         return self.func(*args, **kwargs)
 
     def check_arguments(self, args: dict[str, Any]) -> None:
-        """Raise InvalidArguments when `args` cannot be passed to the handler."""
+        """Raise InvalidArguments when `args` cannot be passed to the handler.
+
+        Names must fit the signature; values must fit plain annotations (int, float,
+        str, bool, list, dict, and their unions with None). Others are not checked.
+        """
         signature = inspect.signature(self.func)
         params = list(signature.parameters.values())
         if self.takes_context:
             params = params[1:]
         try:
-            signature.replace(parameters=params).bind(**args)
+            bound = signature.replace(parameters=params).bind(**args)
         except TypeError as exc:
             raise InvalidArguments(
                 f"invalid arguments for {self.name!r}: {exc}"
             ) from None
+        hints = _type_hints(self.func)
+        for name, value in bound.arguments.items():
+            expected = hints.get(name)
+            if expected is not None and not _fits(value, expected):
+                raise InvalidArguments(
+                    f"invalid arguments for {self.name!r}: {name} must be "
+                    f"{_type_name(expected)}, not {value!r}"
+                )
 
     def run(self, ctx: JobContext, args: dict[str, Any]) -> Any:
         self.check_arguments(args)
@@ -166,6 +180,53 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._handlers)
+
+
+def _type_hints(func: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(func)
+    except (NameError, TypeError):
+        return {}
+
+
+_JSON_TYPES: dict[Any, tuple[type, ...]] = {
+    int: (int,),
+    float: (int, float),
+    str: (str,),
+    bool: (bool,),
+    list: (list,),
+    dict: (dict,),
+}
+
+
+def _fits(value: Any, expected: Any) -> bool:
+    """Whether a JSON value fits a plain annotation; True for any other annotation."""
+    if expected is Any:
+        return True
+    if isinstance(expected, types.UnionType) or typing.get_origin(expected) is Union:
+        return any(_fits(value, t) for t in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    expected = typing.get_origin(expected) or expected
+    allowed = _JSON_TYPES.get(expected)
+    if allowed is None:
+        return True
+    if isinstance(value, bool) and expected is not bool:
+        return False
+    return isinstance(value, allowed)
+
+
+def _type_name(expected: Any) -> str:
+    if isinstance(expected, type):
+        return {
+            int: "an integer",
+            float: "a number",
+            str: "a string",
+            bool: "true or false",
+            list: "a list",
+            dict: "an object",
+        }.get(expected, expected.__name__)
+    return str(expected)
 
 
 def _where(h: Handler) -> str:
