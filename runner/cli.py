@@ -333,13 +333,28 @@ def _print_outcome(
 @click.pass_obj
 def list_handlers(obj: _Context) -> None:
     """List the registered handlers."""
-    registry = obj.registry()
-    width = max((len(h.name) for h in registry), default=0)
-    for h in registry:
-        kind = "transactional" if h.transactional else "plain"
-        click.echo(
-            f"{h.name:<{width}}  {kind:<13}  {h.func.__module__}  {h.description}"
+    rows = [
+        (
+            h.name,
+            "transactional" if h.transactional else "plain",
+            h.func.__module__,
+            h.description,
         )
+        for h in obj.registry()
+    ]
+    widths = [max((len(row[i]) for row in rows), default=0) for i in range(3)]
+    for name, kind, module, description in rows:
+        click.echo(
+            f"{name:<{widths[0]}}  {kind:<{widths[1]}}  {module:<{widths[2]}}  "
+            f"{description}".rstrip()
+        )
+
+
+@cli.command("database-url")
+@click.pass_obj
+def database_url(obj: _Context) -> None:
+    """Print the URL of the database in use, for psql and other clients."""
+    click.echo(obj.url())
 
 
 @cli.command("demo-keys")

@@ -7,8 +7,8 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from runner import store
-from runner.errors import ConfigurationError, InvalidArguments, RunnerError
+from runner import embedded, store
+from runner.errors import InvalidArguments, RunnerError
 from runner.jobs import JobState
 from runner.registry import Registry, discover
 
@@ -36,7 +36,8 @@ def enqueue(
     """Enqueue a job and return its id.
 
     With `conn`, the job is inserted in that connection's current transaction and
-    runs only once the caller commits; otherwise it is committed before this returns.
+    runs only once the caller commits; otherwise it is committed before this returns,
+    on `database_url`, else DATABASE_URL, else the embedded database.
     With `check`, the task must have a handler in `registry` (by default the
     installed ones) that accepts `args`.
     """
@@ -53,9 +54,8 @@ def enqueue(
     }
     if conn is not None:
         return store.insert_job(conn, task, args, **options)
-    if database_url is None:
-        raise ConfigurationError("enqueue needs a connection or a database URL")
-    with store.connect(database_url, autocommit=True) as own:
+    url = embedded.resolve_database_url(database_url)
+    with store.connect(url, autocommit=True) as own:
         return store.insert_job(own, task, args, **options)
 
 
@@ -70,8 +70,9 @@ def _check_options(args: object, queue: str, max_attempts: int, delay: float) ->
         raise InvalidArguments("the delay must not be negative")
 
 
-def get_job(database_url: str, job_id: int) -> dict[str, Any]:
-    with store.connect(database_url) as conn:
+def get_job(job_id: int, database_url: str | None = None) -> dict[str, Any]:
+    """Every field of one job; JobNotFound when there is none."""
+    with store.connect(embedded.resolve_database_url(database_url)) as conn:
         return store.get_job(conn, job_id)
 
 

@@ -42,8 +42,21 @@ def test_database_unreachable(env):
 
 def test_enqueue_options_are_stored(env, conn):
     done = run_cli(
-        env, "enqueue", "echo", "--arg", "a=1", "--arg", "b=text", "--args",
-        '{"c": [1, 2]}', "--queue", "mail", "--priority", "5", "--max-attempts", "2",
+        env,
+        "enqueue",
+        "echo",
+        "--arg",
+        "a=1",
+        "--arg",
+        "b=text",
+        "--args",
+        '{"c": [1, 2]}',
+        "--queue",
+        "mail",
+        "--priority",
+        "5",
+        "--max-attempts",
+        "2",
         "--flag",
     )
     assert done.returncode == 0, done.stderr

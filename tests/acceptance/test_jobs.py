@@ -21,7 +21,8 @@ def test_a_job_inserted_with_plain_sql_is_picked_up(conn, start_runner):
     start_runner(RUNNER_POLL_INTERVAL="3600")
     # Exactly the statement the README shows.
     row = conn.execute(
-        "INSERT INTO runner.jobs (task, args) VALUES ('echo', '{\"n\": 1}') RETURNING id"
+        "INSERT INTO runner.jobs (task, args) VALUES ('echo', '{\"n\": 1}')"
+        " RETURNING id"
     ).fetchone()
     job = final_state(conn, row[0])
     assert job["state"] == "succeeded"
@@ -29,7 +30,9 @@ def test_a_job_inserted_with_plain_sql_is_picked_up(conn, start_runner):
     assert job["attempts"] == 1
 
 
-def test_a_rolled_back_job_never_runs_and_a_late_commit_runs(conn, database_url, start_runner):
+def test_a_rolled_back_job_never_runs_and_a_late_commit_runs(
+    conn, database_url, start_runner
+):
     import psycopg
 
     start_runner(RUNNER_POLL_INTERVAL="3600")
@@ -55,10 +58,12 @@ def test_many_jobs_in_a_row_all_run_once(conn, start_runner):
         )
     start_runner()
     wait_until(
-        lambda: conn.execute(
-            "SELECT count(*) FROM runner.jobs WHERE state = 'succeeded'"
-        ).fetchone()
-        == (300,),
+        lambda: (
+            conn.execute(
+                "SELECT count(*) FROM runner.jobs WHERE state = 'succeeded'"
+            ).fetchone()
+            == (300,)
+        ),
         message="300 jobs",
     )
     counts = conn.execute(
@@ -83,7 +88,9 @@ def test_priority_then_age_decides_the_order(conn, start_runner):
 
 def test_a_failing_job_is_retried_with_backoff_then_fails(conn, env, start_runner):
     runner = start_runner()
-    done = run_cli(env, "enqueue", "fail", "--message", "it broke", "--max-attempts", "3")
+    done = run_cli(
+        env, "enqueue", "fail", "--message", "it broke", "--max-attempts", "3"
+    )
     assert done.returncode == 0, done.stderr
     job = final_state(conn, int(done.stdout))
     assert job["state"] == "failed"
@@ -179,7 +186,8 @@ def test_a_bulk_insert_sends_one_notification(conn, database_url):
     with psycopg.connect(database_url, autocommit=True) as listener:
         listener.execute("LISTEN runner_jobs")
         conn.execute(
-            "INSERT INTO runner.jobs (task) SELECT 'echo' FROM generate_series(1, 10000)"
+            "INSERT INTO runner.jobs (task)"
+            " SELECT 'echo' FROM generate_series(1, 10000)"
         )
         received = list(listener.notifies(timeout=1))
     assert len(received) == 1
