@@ -1,0 +1,106 @@
+"""Enqueueing, claiming and the sweeps' queries on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+import runner
+from runner import store
+from tests.support import db
+
+
+def test_enqueue_inside_the_callers_transaction(conn, database_url):
+    with psycopg.connect(database_url) as caller:
+        kept = runner.enqueue("noop", {"a": 1}, conn=caller)
+        caller.commit()
+        dropped = runner.enqueue("noop", {"a": 2}, conn=caller)
+        caller.rollback()
+    assert db.job_state(conn, kept) == "queued"
+    with pytest.raises(AssertionError, match="no job"):
+        db.job(conn, dropped)
+
+
+def test_enqueue_checks_the_task_and_its_arguments(database_url):
+    with pytest.raises(runner.UnknownTask):
+        runner.enqueue("nope", database_url=database_url)
+    with pytest.raises(runner.InvalidArguments):
+        runner.enqueue("rotate_key", {"key_id": "x"}, database_url=database_url)
+    with pytest.raises(runner.InvalidArguments):
+        runner.enqueue("noop", database_url=database_url, max_attempts=0)
+    job_id = runner.enqueue("whatever", database_url=database_url, check=False)
+    assert runner.get_job(job_id, database_url)["task"] == "whatever"
+
+
+def test_enqueue_on_an_unreachable_database():
+    with pytest.raises(runner.DatabaseUnavailable):
+        runner.enqueue("noop", database_url="postgresql://x@127.0.0.1:1/none")
+
+
+def test_claims_skip_locked_rows_and_count_the_attempt(conn, database_url):
+    first, second = (db.insert_job(conn, "echo") for _ in range(2))
+    one, two = store.WorkerStore(uuid.uuid4()), store.WorkerStore(uuid.uuid4())
+    with psycopg.connect(database_url) as other:
+        claimed = one.claim(other, ())
+        # Still uncommitted and locked: the second claim skips it.
+        assert claimed is not None and claimed.id == first
+        also = two.claim(conn, ())
+        assert also is not None and also.id == second
+        other.commit()
+    assert (claimed.attempt, also.attempt) == (1, 1)
+    assert two.claim(conn, ()) is None
+    assert not one.succeed(conn, second, None), "a job held by another runner"
+    assert two.succeed(conn, second, {"ok": True})
+
+
+def test_claims_respect_queues_and_run_at(conn):
+    worker = store.WorkerStore(uuid.uuid4())
+    db.insert_job(conn, "echo", queue="mail")
+    later = conn.execute(
+        "INSERT INTO runner.jobs (task, run_at) VALUES ('echo', now() + interval '1 h')"
+        " RETURNING id"
+    ).fetchone()[0]
+    assert worker.claim(conn, ("reports",)) is None
+    job = worker.claim(conn, ("mail",))
+    assert job is not None and job.queue == "mail"
+    assert worker.claim(conn, ()) is None
+    assert 3590 < worker.next_run_in(conn) <= 3600
+    assert db.job_state(conn, later) == "queued"
+
+
+def test_the_rescuer_leaves_live_runners_alone(conn):
+    alive, dead = store.WorkerStore(uuid.uuid4()), store.WorkerStore(uuid.uuid4())
+    alive.heartbeat(conn)
+    jobs = {w: db.insert_job(conn, "echo") for w in (alive, dead)}
+    for worker in (alive, dead):
+        worker.claim(conn, ())
+    conn.execute("UPDATE runner.jobs SET claimed_at = now() - interval '1 hour'")
+
+    rescued = store.rescue_stalled(conn, threshold=60)
+    assert [r[0] for r in rescued] == [jobs[dead]]
+    assert db.job_state(conn, jobs[alive]) == "running"
+    job = db.job(conn, jobs[dead])
+    assert (job["state"], job["attempts"]) == ("queued", 1)
+    # The dead runner's late success is refused: it no longer holds the claim.
+    assert not dead.succeed(conn, jobs[dead], None)
+
+
+def test_pruning_deletes_old_finished_jobs_in_batches(conn):
+    conn.execute(
+        "INSERT INTO runner.jobs (task, state, finished_at)"
+        " SELECT 'echo', 'succeeded', now() - interval '30 days'"
+        " FROM generate_series(1, 25)"
+    )
+    fresh = conn.execute(
+        "INSERT INTO runner.jobs (task, state, finished_at)"
+        " VALUES ('echo', 'failed', now()) RETURNING id"
+    ).fetchone()[0]
+    queued = db.insert_job(conn, "echo")
+    assert store.prune_batch(conn, retention=86400, batch=10) == 10
+    assert store.prune_batch(conn, retention=86400, batch=10) == 10
+    assert store.prune_batch(conn, retention=86400, batch=10) == 5
+    assert store.prune_batch(conn, retention=86400, batch=10) == 0
+    assert db.job_state(conn, fresh) == "failed"
+    assert db.job_state(conn, queued) == "queued"
