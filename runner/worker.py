@@ -23,7 +23,12 @@ from typing import Any
 
 from runner import metrics, store
 from runner.config import Settings
-from runner.errors import DatabaseUnavailable, PermanentError, UnknownTask
+from runner.errors import (
+    DatabaseError,
+    DatabaseUnavailable,
+    PermanentError,
+    UnknownTask,
+)
 from runner.jobs import ClaimedJob
 from runner.listener import Listener
 from runner.registry import Handler, JobContext, Registry
@@ -94,16 +99,11 @@ class Worker:
                         started = True
                     delay = RECONNECT_FIRST_DELAY
                     self._serve()
-                except DatabaseUnavailable as exc:
+                except Exception as exc:
                     self._disconnect()
                     if self._stopping:
                         break
-                    logger.warning(
-                        "database unavailable (%s); reconnecting in %.1f s",
-                        exc,
-                        delay,
-                        extra={"action": "database_unavailable"},
-                    )
+                    self._report_loop_error(exc, delay)
                     self._sleep(delay)
                     delay = min(delay * 2, RECONNECT_MAX_DELAY)
                     metrics.RECONNECTS.inc()
@@ -111,6 +111,28 @@ class Worker:
             if started:
                 self._maintenance.shutdown()
             self._shutdown()
+
+    def _report_loop_error(self, exc: Exception, delay: float) -> None:
+        if isinstance(exc, DatabaseUnavailable):
+            logger.warning(
+                "database unavailable (%s); reconnecting in %.1f s",
+                exc,
+                delay,
+                extra={"action": "database_unavailable"},
+            )
+        elif isinstance(exc, DatabaseError):
+            logger.error(
+                "database error in the job loop (%s); reconnecting in %.1f s",
+                exc,
+                delay,
+                extra={"action": "database_error"},
+            )
+        else:
+            logger.exception(
+                "the job loop crashed; restarting it in %.1f s",
+                delay,
+                extra={"action": "worker_loop_crashed"},
+            )
 
     def _connect(self) -> None:
         self._listener.connect()
@@ -183,7 +205,7 @@ class Worker:
                 )
             self.store.unregister(conn)
             conn.close()
-        except DatabaseUnavailable as exc:
+        except DatabaseError as exc:
             logger.warning(
                 "could not unregister from the database: %s",
                 exc,
