@@ -157,6 +157,13 @@ def _seconds(
     show_default=True,
     help="Port of the metrics endpoint; 0 turns it off [env: RUNNER_METRICS_PORT].",
 )
+@click.option(
+    "--listen-database-url",
+    envvar="RUNNER_LISTEN_DATABASE_URL",
+    metavar="URL",
+    help="A direct connection for LISTEN when DATABASE_URL goes through a pooler "
+    "in transaction mode [env: RUNNER_LISTEN_DATABASE_URL].",
+)
 @click.pass_obj
 def run(obj: _Context, /, queues: tuple[str, ...], **options: Any) -> None:
     """Run jobs until stopped by SIGTERM or SIGINT."""

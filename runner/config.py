@@ -10,6 +10,8 @@ class Settings:
     """Every duration is in seconds."""
 
     database_url: str
+    listen_database_url: str | None = None
+    """A direct connection for LISTEN, when `database_url` goes through a pooler."""
     queues: tuple[str, ...] = ()
     """Queues to take jobs from; empty means all."""
     poll_interval: float = 5.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,26 @@ JOB_DURATION = Histogram(
 RECONNECTS = Counter(
     "runner_database_reconnects",
     "Times the runner lost its database connections and connected again.",
+)
+RESCUED = Counter(
+    "runner_jobs_rescued",
+    "Jobs put back (or failed on their last attempt) because their runner died or "
+    "lost its connection, by task.",
+    ["task"],
+)
+LISTENER_CONNECTED = Gauge(
+    "runner_listener_connected",
+    "1 while the listening connection is up, else 0.",
+)
+NOTIFICATIONS_DEGRADED = Gauge(
+    "runner_notifications_degraded",
+    "1 when notifications do not reach the runner (for example behind a pooler in "
+    "transaction mode) and it polls instead, else 0.",
+)
+SWEEP_LAST_SUCCESS = Gauge(
+    "runner_sweep_last_success_timestamp_seconds",
+    "When this runner last completed each periodic sweep (Unix time).",
+    ["sweep"],
 )
 KEY_ROTATIONS = Counter(
     "runner_key_rotations",

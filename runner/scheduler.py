@@ -4,22 +4,26 @@
 - rescuer: puts back jobs whose runner went silent, counting the lost attempt;
 - pruner: deletes finished jobs past the retention, in bounded batches.
 
-The sweeps run under a transaction-scoped advisory lock, so however many runners
-share a database, one of them sweeps at a time. Every trigger is an interval in UTC,
-whatever the host's time zone. A sweep that finds nothing logs nothing.
+Every runner schedules the sweeps, but a sweep starts only after claiming its slot
+in `runner.sweeps`, which no runner can claim twice within one interval: a sweep
+runs once per interval in total, however many runners share the database.
+Triggers are plain intervals in UTC, so daylight-saving changes of the host's time
+zone never shift, skip or repeat a run. A sweep that finds nothing logs nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
 
-from runner import store
+from runner import metrics, store
 from runner.config import Settings
 from runner.errors import DatabaseError
 
@@ -30,6 +34,11 @@ PRUNE_BATCH = 1000
 PRUNE_MAX_BATCHES = 100
 
 
+def every(seconds: float) -> IntervalTrigger:
+    """The trigger of every periodic task: a fixed interval, counted in UTC."""
+    return IntervalTrigger(seconds=seconds, timezone=UTC)
+
+
 class _Connections(threading.local):
     """One lazily opened connection per scheduler thread."""
 
@@ -37,9 +46,15 @@ class _Connections(threading.local):
 
 
 class MaintenanceScheduler:
-    def __init__(self, settings: Settings, worker: store.WorkerStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        worker: store.WorkerStore,
+        task_label: Callable[[str], str],
+    ) -> None:
         self._settings = settings
         self._worker = worker
+        self._task_label = task_label
         self._local = _Connections()
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
@@ -53,26 +68,55 @@ class MaintenanceScheduler:
 
     def start(self) -> None:
         s = self._settings
-        self._every(s.heartbeat_interval, self.heartbeat, "heartbeat", "heartbeat")
-        self._every(s.rescue_interval, self.rescue, "rescuer", "default")
-        self._every(s.prune_interval, self.prune, "pruner", "default")
+        self._add(self.heartbeat, "heartbeat", s.heartbeat_interval, "heartbeat")
+        self._add(
+            self._sweep("rescuer", s.rescue_interval, self.rescue),
+            "rescuer",
+            s.rescue_interval,
+        )
+        self._add(
+            self._sweep("pruner", s.prune_interval, self.prune),
+            "pruner",
+            s.prune_interval,
+        )
         self._scheduler.start()
 
     def shutdown(self) -> None:
         self._scheduler.shutdown(wait=True)
+        self._drop_connection()
 
-    def _every(
-        self, seconds: float, func: Callable[[], None], name: str, executor: str
+    def _add(
+        self,
+        func: Callable[[], None],
+        name: str,
+        seconds: float,
+        executor: str = "default",
     ) -> None:
         self._scheduler.add_job(
             self._guarded(func, name),
-            "interval",
-            seconds=seconds,
+            every(seconds),
             id=name,
             name=name,
             executor=executor,
             misfire_grace_time=max(1, int(seconds)),
         )
+
+    def _sweep(
+        self, name: str, interval: float, work: Callable[[store.Connection], None]
+    ) -> Callable[[], None]:
+        """Run `work` if this runner wins the sweep's slot for this interval."""
+
+        def run() -> None:
+            conn = self._connection()
+            # A little under the interval, so a runner whose trigger fires a moment
+            # early is not turned away for a whole interval.
+            if not store.claim_sweep_slot(conn, name, interval * 0.9):
+                return
+            work(conn)
+            store.record_sweep_success(conn, name)
+            metrics.SWEEP_LAST_SUCCESS.labels(name).set(time.time())
+
+        return run
 
     def _guarded(self, func: Callable[[], None], name: str) -> Callable[[], None]:
         def run() -> None:
@@ -97,7 +141,9 @@ class MaintenanceScheduler:
     def _connection(self) -> store.Connection:
         conn = self._local.conn
         if conn is None or conn.closed:
-            conn = store.connect(self._settings.database_url, autocommit=True)
+            conn = store.connect(
+                self._settings.database_url, application_name="runner scheduler"
+            )
             self._local.conn = conn
         return conn
 
@@ -109,36 +155,30 @@ class MaintenanceScheduler:
     def heartbeat(self) -> None:
         self._worker.heartbeat(self._connection())
 
-    def rescue(self) -> None:
-        conn = self._connection()
-        with store.translate_errors(), conn.transaction():
-            if not store.try_sweep_lock(conn, "rescuer"):
-                return
-            rescued = store.rescue_stalled(conn, self._settings.stall_threshold)
-        for job_id, task, state, attempts in rescued:
+    def rescue(self, conn: store.Connection) -> None:
+        for job in store.rescue_stalled(conn, self._settings.stall_threshold):
+            metrics.RESCUED.labels(self._task_label(job.task)).inc()
+            if job.state == "failed":
+                metrics.JOBS.labels(self._task_label(job.task), "failed").inc()
             logger.warning(
                 "job %s (%s) lost its runner during attempt %s; now %s",
-                job_id,
-                task,
-                attempts,
-                state,
+                job.id,
+                job.task,
+                job.attempts,
+                job.state,
                 extra={
                     "action": "job_rescued",
-                    "job_id": job_id,
-                    "task": task,
-                    "attempt": attempts,
+                    "job_id": job.id,
+                    "task": job.task,
+                    "attempt": job.attempts,
                 },
             )
 
-    def prune(self) -> None:
-        conn = self._connection()
+    def prune(self, conn: store.Connection) -> None:
         total = 0
         for _ in range(PRUNE_MAX_BATCHES):
-            # One transaction per batch keeps row locks short for the runners.
-            with store.translate_errors(), conn.transaction():
-                if not store.try_sweep_lock(conn, "pruner"):
-                    break
-                deleted = store.prune_batch(conn, self._settings.retention, PRUNE_BATCH)
+            # One short transaction per batch: row locks are held only briefly.
+            deleted = store.prune_batch(conn, self._settings.retention, PRUNE_BATCH)
             total += deleted
             if deleted < PRUNE_BATCH:
                 break

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -49,14 +49,20 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def connect(url: str, *, autocommit: bool = True, timeout: float = 10) -> Connection:
+def connect(
+    url: str,
+    *,
+    autocommit: bool = True,
+    timeout: float = 10,
+    application_name: str = "runner",
+) -> Connection:
     """Open a connection; `timeout` (seconds) bounds the connection attempt only."""
     with translate_errors():
         return psycopg.connect(
             url,
             autocommit=autocommit,
             connect_timeout=max(1, round(timeout)),
-            application_name="runner",
+            application_name=application_name,
         )
 
 
@@ -133,11 +139,22 @@ def clock_now(conn: Connection) -> datetime:
     return value
 
 
+class MovedJob(NamedTuple):
+    """A job put back in the queue (or failed) because its attempt was cut off."""
+
+    id: int
+    task: str
+    state: str
+    attempts: int
+
+
 class WorkerStore:
     """The queries one runner process runs, bound to its identity."""
 
     def __init__(self, worker_id: uuid.UUID) -> None:
         self.worker_id = worker_id
+        # Server-side prepared statements for the hot path; off behind a pooler.
+        self.prepare = True
 
     def heartbeat(self, conn: Connection) -> None:
         params = {
@@ -161,7 +178,9 @@ class WorkerStore:
         else:
             name = "job_claim"
         with translate_errors():
-            row = conn.execute(queries.query(name), params, prepare=True).fetchone()
+            row = conn.execute(
+                queries.query(name), params, prepare=self.prepare
+            ).fetchone()
         if row is None:
             return None
         job_id, task, args, queue, attempts, max_attempts = row
@@ -195,36 +214,47 @@ class WorkerStore:
         params = {"id": job_id, "worker_id": self.worker_id, "error": error}
         return self._finish(conn, "job_fail", params)
 
-    def release(self, conn: Connection, error: str) -> list[int]:
+    def release(self, conn: Connection, error: str) -> list[MovedJob]:
         """Put every job this runner holds back in the queue, attempt not counted."""
+        return self._move_held(conn, "job_release", error)
+
+    def requeue_lost(self, conn: Connection, error: str) -> list[MovedJob]:
+        """Put back the jobs held when the connection was lost, attempt counted."""
+        return self._move_held(conn, "job_requeue_lost", error)
+
+    def _move_held(self, conn: Connection, name: str, error: str) -> list[MovedJob]:
         params = {"worker_id": self.worker_id, "error": error}
         with translate_errors():
-            rows = conn.execute(queries.query("job_release"), params).fetchall()
-        return [int(r[0]) for r in rows]
+            rows = conn.execute(queries.query(name), params).fetchall()
+        return [MovedJob(*row) for row in rows]
 
     def _finish(self, conn: Connection, name: str, params: dict[str, Any]) -> bool:
         with translate_errors():
-            cur = conn.execute(queries.query(name), params, prepare=True)
+            cur = conn.execute(queries.query(name), params, prepare=self.prepare)
         return cur.rowcount == 1
 
 
-def try_sweep_lock(conn: Connection, sweep: str) -> bool:
-    """Take the sweep's lock for the current transaction; False if another has it."""
+def claim_sweep_slot(conn: Connection, sweep: str, interval: float) -> bool:
+    """Whether to run the sweep now: True when no runner has within `interval` s."""
+    params = {"sweep": sweep, "interval": interval}
     with translate_errors():
-        row = conn.execute(queries.query("sweep_try_lock"), {"sweep": sweep}).fetchone()
-    return bool(row and row[0])
+        row = conn.execute(queries.query("sweep_claim_slot"), params).fetchone()
+    return row is not None
 
 
-def rescue_stalled(
-    conn: Connection, threshold: float
-) -> list[tuple[int, str, str, int]]:
-    """Requeue or fail the jobs of silent runners: (id, task, state, attempts)."""
+def record_sweep_success(conn: Connection, sweep: str) -> None:
+    with translate_errors():
+        conn.execute(queries.query("sweep_succeeded"), {"sweep": sweep})
+
+
+def rescue_stalled(conn: Connection, threshold: float) -> list[MovedJob]:
+    """Requeue, or fail on their last attempt, the jobs of silent runners."""
     with translate_errors():
         rows = conn.execute(
             queries.query("job_rescue_stalled"), {"threshold": threshold}
         ).fetchall()
         conn.execute(queries.query("worker_forget_dead"), {"threshold": threshold})
-    return [(int(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]
+    return [MovedJob(*row) for row in rows]
 
 
 def prune_batch(conn: Connection, retention: float, batch: int) -> int:

@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 # Reconnection waits double from the first to the last, in seconds.
 RECONNECT_FIRST_DELAY = 0.5
 RECONNECT_MAX_DELAY = 30.0
+# Polling interval, in seconds, while notifications do not arrive.
+DEGRADED_POLL_INTERVAL = 0.5
+# Host and database clocks further apart than this, in seconds, are reported.
+CLOCK_SKEW_WARNING = 5.0
 # Error texts stored on a job are cut to this many characters.
 MAX_ERROR_LENGTH = 4000
 
@@ -68,8 +72,12 @@ class Worker:
         self._wakeup_r, self._wakeup_w = os.pipe()
         os.set_blocking(self._wakeup_r, False)
         os.set_blocking(self._wakeup_w, False)
-        self._listener = Listener(settings.database_url, self._wakeup_r)
-        self._maintenance = MaintenanceScheduler(settings, self.store)
+        self._listener = Listener(
+            settings.listen_database_url or settings.database_url, self._wakeup_r
+        )
+        self._maintenance = MaintenanceScheduler(settings, self.store, self._task_label)
+        # Polling stands in for notifications that do not arrive (see _connect).
+        self._degraded = False
 
     def stop(self) -> None:
         """Ask the loop to stop after the current job."""
@@ -136,23 +144,104 @@ class Worker:
 
     def _connect(self) -> None:
         self._listener.connect()
-        self._conn = store.connect(self.settings.database_url, autocommit=True)
+        metrics.LISTENER_CONNECTED.set(1)
+        self._conn = self._open_worker_connection()
         self.store.heartbeat(self._conn)
-        # Jobs still claimed under this identity were cut off by a lost connection.
-        released = self.store.release(
-            self._conn, "the runner lost its database connection"
-        )
-        for job_id in released:
-            logger.warning(
-                "job %s put back after a lost connection",
-                job_id,
-                extra={"action": "job_released", "job_id": job_id},
-            )
+        self._requeue_lost(self._conn)
+        self._check_notifications(self._conn)
+        self._check_clock(self._conn)
         logger.info(
             "runner %s listening for jobs",
             self.id,
             extra={"action": "worker_listening", "worker_id": str(self.id)},
         )
+
+    def _open_worker_connection(self) -> store.Connection:
+        conn = store.connect(
+            self.settings.database_url, application_name="runner worker"
+        )
+        if self._pooled():
+            # A pooler in transaction mode hands each transaction to any server
+            # connection, where a statement prepared on another does not exist.
+            conn.prepare_threshold = None
+            self.store.prepare = False
+        return conn
+
+    def _pooled(self) -> bool:
+        """Whether the worker's connection goes through a transaction pooler."""
+        s = self.settings
+        separate_listener = bool(s.listen_database_url) and (
+            s.listen_database_url != s.database_url
+        )
+        return self._degraded or separate_listener
+
+    def _requeue_lost(self, conn: store.Connection) -> None:
+        """Put back the jobs still held by this identity: a lost connection cut them."""
+        error = "the runner lost its database connection during execution"
+        for job in self.store.requeue_lost(conn, error):
+            metrics.RESCUED.labels(self._task_label(job.task)).inc()
+            logger.warning(
+                "job %s (%s) was cut off by a lost connection in attempt %s; now %s",
+                job.id,
+                job.task,
+                job.attempts,
+                job.state,
+                extra={
+                    "action": "job_requeued",
+                    "job_id": job.id,
+                    "task": job.task,
+                    "attempt": job.attempts,
+                },
+            )
+
+    def _check_notifications(self, conn: store.Connection) -> None:
+        arrive = self._listener.notifications_arrive(conn)
+        if arrive == (not self._degraded):
+            return
+        self._degraded = not arrive
+        metrics.NOTIFICATIONS_DEGRADED.set(0 if arrive else 1)
+        if arrive:
+            logger.info("notifications arrive again", extra={"action": "notify_ok"})
+            return
+        logger.warning(
+            "notifications sent to %s do not reach the listener: a connection pooler "
+            "in transaction mode (PgBouncer pool_mode=transaction) drops them. "
+            "Polling every %g s instead; set RUNNER_LISTEN_DATABASE_URL to a direct "
+            "connection to restore them",
+            store.describe(self.settings.database_url),
+            self._poll_interval(),
+            extra={"action": "notify_degraded"},
+        )
+        # Rebuild the worker connection without prepared statements.
+        conn.close()
+        self._conn = self._open_worker_connection()
+
+    def _check_clock(self, conn: store.Connection) -> None:
+        """Warn when this host's clock disagrees with the database's.
+
+        Every time the runner acts on is the database's, so the runner works
+        regardless; but log times and host-side tools would mislead.
+        """
+        before = time.time()
+        db_now = store.clock_now(conn).timestamp()
+        skew = db_now - (before + time.time()) / 2
+        if abs(skew) > CLOCK_SKEW_WARNING:
+            logger.warning(
+                "this host's clock is %.1f s %s the database's; the runner uses the "
+                "database's time for every claim, heartbeat and schedule",
+                abs(skew),
+                "behind" if skew > 0 else "ahead of",
+                extra={"action": "clock_skew"},
+            )
+
+    def _poll_interval(self) -> float:
+        if self._degraded:
+            return min(self.settings.poll_interval, DEGRADED_POLL_INTERVAL)
+        return self.settings.poll_interval
+
+    def _task_label(self, task: str) -> str:
+        """The task as a metric label: arbitrary names collapse into one."""
+        return task if task in self.registry else metrics.UNKNOWN_TASK
 
     def _serve(self) -> None:
         """Claim and run jobs; wait for a notification when there are none."""
@@ -170,8 +259,8 @@ class Worker:
         """How long to wait idle: the poll interval, or less when a job falls due."""
         due_in = self.store.next_run_in(conn)
         if due_in is None:
-            return self.settings.poll_interval
-        return min(self.settings.poll_interval, max(due_in, 0.001))
+            return self._poll_interval()
+        return min(self._poll_interval(), max(due_in, 0.001))
 
     def _sleep(self, seconds: float) -> None:
         """Sleep, but wake at once for a signal."""
@@ -189,6 +278,7 @@ class Worker:
 
     def _disconnect(self) -> None:
         self._listener.close()
+        metrics.LISTENER_CONNECTED.set(0)
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -196,12 +286,12 @@ class Worker:
     def _shutdown(self) -> None:
         try:
             conn = self._conn or store.connect(self.settings.database_url, timeout=5)
-            released = self.store.release(conn, "the runner stopped before it finished")
-            for job_id in released:
+            error = "the runner stopped before it finished"
+            for job in self.store.release(conn, error):
                 logger.warning(
                     "job %s put back in the queue, attempt not counted",
-                    job_id,
-                    extra={"action": "job_released", "job_id": job_id},
+                    job.id,
+                    extra={"action": "job_released", "job_id": job.id},
                 )
             self.store.unregister(conn)
             conn.close()
@@ -233,7 +323,7 @@ class Worker:
             extra=extra,
         )
         started = time.perf_counter()
-        task_label = job.task if job.task in self.registry else metrics.UNKNOWN_TASK
+        task_label = self._task_label(job.task)
         outcome = self._attempt(conn, job)
         metrics.JOBS.labels(task_label, outcome).inc()
         metrics.JOB_DURATION.labels(task_label).observe(time.perf_counter() - started)

@@ -71,13 +71,24 @@ SET state = 'failed', last_error = %(error)s, finished_at = now(), updated_at = 
 WHERE id = %(id)s AND state = 'running' AND claimed_by = %(worker_id)s;
 
 -- name: job_release
--- Hand an interrupted attempt back to the queue without counting it: the runner is
--- stopping or lost its connection, the job itself did not fail.
+-- Hand an attempt cut short by shutdown back to the queue without counting it: the
+-- runner is stopping, the job itself did not fail.
 UPDATE runner.jobs
 SET state = 'queued', attempts = greatest(attempts - 1, 0), last_error = %(error)s,
     updated_at = now(), claimed_by = NULL, claimed_at = NULL
 WHERE state = 'running' AND claimed_by = %(worker_id)s
-RETURNING id;
+RETURNING id, task, state::text, attempts;
+
+-- name: job_requeue_lost
+-- Put back the jobs this runner held when it lost its connection. The attempt was
+-- spent, so it stays counted, and a job on its last attempt fails.
+UPDATE runner.jobs
+SET state = (CASE WHEN attempts >= max_attempts
+                  THEN 'failed' ELSE 'queued' END)::runner.job_state,
+    finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
+    last_error = %(error)s, updated_at = now(), claimed_by = NULL, claimed_at = NULL
+WHERE state = 'running' AND claimed_by = %(worker_id)s
+RETURNING id, task, state::text, attempts;
 
 -- name: job_get
 SELECT id, task, args, queue, priority, state::text, attempts, max_attempts, run_at,
@@ -146,10 +157,17 @@ WHERE w.last_seen_at < now() - make_interval(secs => %(threshold)s)
       WHERE j.state = 'running' AND j.claimed_by = w.id
   );
 
--- name: sweep_try_lock
--- One runner at a time runs each sweep; the others skip it. Held to the end of the
--- sweep's transaction.
-SELECT pg_try_advisory_xact_lock(hashtext('runner.sweep'), hashtext(%(sweep)s));
+-- name: sweep_claim_slot
+-- Start a sweep if no runner has started it within the interval. The row lock makes
+-- concurrent runners wait here, then see the slot taken.
+INSERT INTO runner.sweeps AS s (name, last_started_at)
+VALUES (%(sweep)s, now())
+ON CONFLICT (name) DO UPDATE SET last_started_at = now()
+WHERE s.last_started_at <= now() - make_interval(secs => %(interval)s)
+RETURNING name;
+
+-- name: sweep_succeeded
+UPDATE runner.sweeps SET last_succeeded_at = now() WHERE name = %(sweep)s;
 
 -- name: clock_now
 SELECT now();

@@ -130,6 +130,15 @@ ALTER TABLE control_plane.api_keys
 CREATE UNIQUE INDEX IF NOT EXISTS api_keys_replaces_key_id_key
     ON control_plane.api_keys (replaces_key_id);
 
+-- When each periodic sweep last started, shared by all runners: a runner starts a
+-- sweep only when its slot is free, so a sweep runs once per interval in total
+-- however many runners there are.
+CREATE TABLE IF NOT EXISTS runner.sweeps (
+    name text PRIMARY KEY,
+    last_started_at timestamptz NOT NULL,
+    last_succeeded_at timestamptz
+);
+
 CREATE TABLE IF NOT EXISTS runner.schema_version (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version integer NOT NULL,
