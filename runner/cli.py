@@ -382,6 +382,26 @@ def demo_keys(obj: _Context, count: int, project_id: int) -> None:
             )
 
 
+@cli.command()
+@click.option(
+    "--listen-database-url",
+    envvar="RUNNER_LISTEN_DATABASE_URL",
+    metavar="URL",
+    help="The runners' direct connection for LISTEN, if they use one.",
+)
+@click.pass_obj
+def doctor(obj: _Context, listen_database_url: str | None) -> None:
+    """Check the deployment: one line per finding; exit 1 when one fails."""
+    from runner.doctor import Level, examine
+
+    failed = False
+    for finding in examine(obj.url(), listen_database_url):
+        click.echo(str(finding))
+        failed = failed or finding.level is Level.FAIL
+    if failed:
+        sys.exit(1)
+
+
 def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -130,13 +131,16 @@ def forget_result_field(conn: Connection, job_id: int, field: str) -> None:
         conn.execute(queries.query("job_result_forget"), {"id": job_id, "field": field})
 
 
-def clock_now(conn: Connection) -> datetime:
-    """The database's current time."""
+def clock_skew(conn: Connection) -> float:
+    """Seconds the database's clock is ahead of this host's (negative: behind)."""
+    before = time.time()
     with translate_errors():
         row = conn.execute(queries.query("clock_now")).fetchone()
-    assert row is not None
-    value: datetime = row[0]
-    return value
+    after = time.time()
+    if row is None:
+        raise DatabaseError("the database did not tell its time")
+    db_now: datetime = row[0]
+    return db_now.timestamp() - (before + after) / 2
 
 
 class MovedJob(NamedTuple):

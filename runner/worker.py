@@ -222,9 +222,7 @@ class Worker:
         Every time the runner acts on is the database's, so the runner works
         regardless; but log times and host-side tools would mislead.
         """
-        before = time.time()
-        db_now = store.clock_now(conn).timestamp()
-        skew = db_now - (before + time.time()) / 2
+        skew = store.clock_skew(conn)
         if abs(skew) > CLOCK_SKEW_WARNING:
             logger.warning(
                 "this host's clock is %.1f s %s the database's; the runner uses the "

@@ -171,3 +171,27 @@ UPDATE runner.sweeps SET last_succeeded_at = now() WHERE name = %(sweep)s;
 
 -- name: clock_now
 SELECT now();
+
+-- name: schema_version
+SELECT version FROM runner.schema_version;
+
+-- name: doctor_claim_index
+SELECT indisvalid FROM pg_index
+WHERE indexrelid = to_regclass('runner.jobs_claim_idx');
+
+-- name: doctor_table
+SELECT pg_total_relation_size('runner.jobs'), n_live_tup, n_dead_tup
+FROM pg_stat_user_tables
+WHERE relid = 'runner.jobs'::regclass;
+
+-- name: doctor_oldest_queued
+SELECT count(*), extract(epoch FROM now() - min(run_at))::float8
+FROM runner.jobs
+WHERE state = 'queued' AND run_at <= now();
+
+-- name: doctor_workers
+SELECT count(*) FILTER (WHERE last_seen_at > now() - interval '1 minute'), count(*)
+FROM runner.workers;
+
+-- name: backend_pid
+SELECT pg_backend_pid();

@@ -82,3 +82,28 @@ def test_demo_keys_creates_keys_to_rotate(env, conn):
     assert len(ids) == 3
     for key_id in ids:
         assert db.api_key(conn, key_id)["key_hash"]
+
+
+def test_doctor_reports_a_healthy_database(env, start_runner):
+    start_runner()
+    done = run_cli(env, "doctor")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert all(line.split()[0] in ("ok", "warn") for line in lines), lines
+    for text in (
+        "schema version 1",
+        "notifications arrive",
+        "claim index present",
+        "jobs table",
+        "1 runners alive",
+    ):
+        assert any(text in line for line in lines), (text, lines)
+
+
+def test_doctor_fails_on_a_database_without_the_schema(env, conn):
+    conn.execute("DROP SCHEMA runner CASCADE")
+    done = run_cli(env, "doctor")
+    assert done.returncode == 1
+    assert "fail  schema version missing, expected 1: run `runner migrate`" in (
+        done.stdout
+    )
