@@ -56,6 +56,8 @@ class Listener:
         It does not behind a pooler in transaction mode (PgBouncer's
         `pool_mode = transaction`), where LISTEN holds no server connection.
         """
+        if self._conn is None:
+            raise DatabaseUnavailable("the listening connection is closed")
         with store.translate_errors():
             sender.execute("SELECT pg_notify(%s, '')", (self._check_channel,))
         deadline = time.monotonic() + CHECK_TIMEOUT
@@ -69,8 +71,14 @@ class Listener:
         return CHANNEL in self._receive(timeout)
 
     def _receive(self, timeout: float) -> set[str]:
-        """The channels notified within `timeout` s; empty on timeout or a wake-up."""
-        conn = self._connection()
+        """The channels notified within `timeout` s; empty on timeout or a wake-up.
+
+        Closed, the listener only waits: the worker polls instead.
+        """
+        conn = self._conn
+        if conn is None:
+            select.select([self._wakeup_fd], [], [], max(0.0, timeout))
+            return set()
         channels = self._drain(conn)
         if channels:
             return channels
@@ -83,11 +91,6 @@ class Listener:
         if conn.pgconn.socket in ready:
             return self._drain(conn)
         return set()
-
-    def _connection(self) -> store.Connection:
-        if self._conn is None:
-            raise DatabaseUnavailable("the listening connection is closed")
-        return self._conn
 
     def _drain(self, conn: store.Connection) -> set[str]:
         """Consume what the server sent; return the channels it notified."""

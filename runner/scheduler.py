@@ -141,8 +141,12 @@ class MaintenanceScheduler:
     def _connection(self) -> store.Connection:
         conn = self._local.conn
         if conn is None or conn.closed:
+            # Sweeps and heartbeats are rare: preparing them gains nothing, and
+            # would break behind a pooler in transaction mode.
             conn = store.connect(
-                self._settings.database_url, application_name="runner scheduler"
+                self._settings.database_url,
+                application_name="runner scheduler",
+                prepare=False,
             )
             self._local.conn = conn
         return conn

@@ -56,15 +56,23 @@ def connect(
     autocommit: bool = True,
     timeout: float = 10,
     application_name: str = "runner",
+    prepare: bool = True,
 ) -> Connection:
-    """Open a connection; `timeout` (seconds) bounds the connection attempt only."""
+    """Open a connection; `timeout` (seconds) bounds the connection attempt only.
+
+    `prepare=False` turns off server-side prepared statements, which a pooler in
+    transaction mode breaks: it runs each transaction on any server connection.
+    """
     with translate_errors():
-        return psycopg.connect(
+        conn = psycopg.connect(
             url,
             autocommit=autocommit,
             connect_timeout=max(1, round(timeout)),
             application_name=application_name,
         )
+    if not prepare:
+        conn.prepare_threshold = None
+    return conn
 
 
 def describe(url: str) -> str:

@@ -157,15 +157,13 @@ class Worker:
         )
 
     def _open_worker_connection(self) -> store.Connection:
-        conn = store.connect(
-            self.settings.database_url, application_name="runner worker"
+        prepare = not self._pooled()
+        self.store.prepare = prepare
+        return store.connect(
+            self.settings.database_url,
+            application_name="runner worker",
+            prepare=prepare,
         )
-        if self._pooled():
-            # A pooler in transaction mode hands each transaction to any server
-            # connection, where a statement prepared on another does not exist.
-            conn.prepare_threshold = None
-            self.store.prepare = False
-        return conn
 
     def _pooled(self) -> bool:
         """Whether the worker's connection goes through a transaction pooler."""
@@ -195,13 +193,18 @@ class Worker:
             )
 
     def _check_notifications(self, conn: store.Connection) -> None:
+        """Fall back to polling when the runner's own NOTIFY does not reach it."""
         arrive = self._listener.notifications_arrive(conn)
-        if arrive == (not self._degraded):
-            return
-        self._degraded = not arrive
+        was_degraded, self._degraded = self._degraded, not arrive
         metrics.NOTIFICATIONS_DEGRADED.set(0 if arrive else 1)
         if arrive:
-            logger.info("notifications arrive again", extra={"action": "notify_ok"})
+            if was_degraded:
+                logger.info("notifications arrive again", extra={"action": "notify_ok"})
+            return
+        # Behind the pooler, LISTEN would leave a subscription on a pooled server
+        # connection, whose notifications could reach an unrelated client.
+        self._listener.close()
+        if was_degraded:
             return
         logger.warning(
             "notifications sent to %s do not reach the listener: a connection pooler "
@@ -212,7 +215,7 @@ class Worker:
             self._poll_interval(),
             extra={"action": "notify_degraded"},
         )
-        # Rebuild the worker connection without prepared statements.
+        # Reopen the worker connection without prepared statements.
         conn.close()
         self._conn = self._open_worker_connection()
 
