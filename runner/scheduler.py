@@ -29,6 +29,9 @@ from runner.errors import DatabaseError
 
 logger = logging.getLogger(__name__)
 
+# A sweep pass still unfinished this long after it started (seconds, at least) is
+# taken to have died with its runner, and another runner may start one.
+SWEEP_MIN_LEASE = 60.0
 PRUNE_BATCH = 1000
 # Cap on batches per pruning pass, so one pass ends and the rest waits for the next.
 PRUNE_MAX_BATCHES = 100
@@ -106,14 +109,21 @@ class MaintenanceScheduler:
     ) -> Callable[[], None]:
         """Run `work` if this runner wins the sweep's slot for this interval."""
 
+        # A little under the interval, so a runner whose trigger fires a moment
+        # early is not turned away for a whole interval.
+        spacing = interval * 0.9
+        lease = max(SWEEP_MIN_LEASE, 2 * interval)
+
         def run() -> None:
             conn = self._connection()
-            # A little under the interval, so a runner whose trigger fires a moment
-            # early is not turned away for a whole interval.
-            if not store.claim_sweep_slot(conn, name, interval * 0.9):
+            if not store.claim_sweep_slot(conn, name, spacing, lease):
                 return
-            work(conn)
-            store.record_sweep_success(conn, name)
+            succeeded = False
+            try:
+                work(conn)
+                succeeded = True
+            finally:
+                store.record_sweep_finished(conn, name, succeeded=succeeded)
             metrics.SWEEP_LAST_SUCCESS.labels(name).set(time.time())
 
         return run

@@ -246,17 +246,21 @@ class WorkerStore:
         return cur.rowcount == 1
 
 
-def claim_sweep_slot(conn: Connection, sweep: str, interval: float) -> bool:
-    """Whether to run the sweep now: True when no runner has within `interval` s."""
-    params = {"sweep": sweep, "interval": interval}
+def claim_sweep_slot(
+    conn: Connection, sweep: str, interval: float, lease: float
+) -> bool:
+    """Whether to run the sweep now: no runner started it within `interval` s, and
+    no pass is running (one that started `lease` s ago counts as dead)."""
+    params = {"sweep": sweep, "interval": interval, "lease": lease}
     with translate_errors():
         row = conn.execute(queries.query("sweep_claim_slot"), params).fetchone()
     return row is not None
 
 
-def record_sweep_success(conn: Connection, sweep: str) -> None:
+def record_sweep_finished(conn: Connection, sweep: str, *, succeeded: bool) -> None:
+    params = {"sweep": sweep, "succeeded": succeeded}
     with translate_errors():
-        conn.execute(queries.query("sweep_succeeded"), {"sweep": sweep})
+        conn.execute(queries.query("sweep_finished"), params)
 
 
 def rescue_stalled(conn: Connection, threshold: float) -> list[MovedJob]:

@@ -119,6 +119,10 @@ class Worker:
             if started:
                 self._maintenance.shutdown()
             self._shutdown()
+            # Exiting now: a late signal must not kill the process while Python
+            # finalises, after it has reset the handlers to their defaults.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def _report_loop_error(self, exc: Exception, delay: float) -> None:
         if isinstance(exc, DatabaseUnavailable):

@@ -158,16 +158,22 @@ WHERE w.last_seen_at < now() - make_interval(secs => %(threshold)s)
   );
 
 -- name: sweep_claim_slot
--- Start a sweep if no runner has started it within the interval. The row lock makes
--- concurrent runners wait here, then see the slot taken.
+-- Start a sweep if no runner has started it within the interval and the last pass
+-- has finished, or its runner has held it past the lease (it died mid-pass). The
+-- row lock makes concurrent runners wait here, then see the slot taken.
 INSERT INTO runner.sweeps AS s (name, last_started_at)
 VALUES (%(sweep)s, now())
 ON CONFLICT (name) DO UPDATE SET last_started_at = now()
 WHERE s.last_started_at <= now() - make_interval(secs => %(interval)s)
+  AND (s.last_finished_at >= s.last_started_at
+       OR s.last_started_at <= now() - make_interval(secs => %(lease)s))
 RETURNING name;
 
--- name: sweep_succeeded
-UPDATE runner.sweeps SET last_succeeded_at = now() WHERE name = %(sweep)s;
+-- name: sweep_finished
+UPDATE runner.sweeps
+SET last_finished_at = now(),
+    last_succeeded_at = CASE WHEN %(succeeded)s THEN now() ELSE last_succeeded_at END
+WHERE name = %(sweep)s;
 
 -- name: clock_now
 SELECT now();

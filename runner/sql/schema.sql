@@ -130,12 +130,14 @@ ALTER TABLE control_plane.api_keys
 CREATE UNIQUE INDEX IF NOT EXISTS api_keys_replaces_key_id_key
     ON control_plane.api_keys (replaces_key_id);
 
--- When each periodic sweep last started, shared by all runners: a runner starts a
--- sweep only when its slot is free, so a sweep runs once per interval in total
--- however many runners there are.
+-- When each periodic sweep last started and finished, shared by all runners: a
+-- runner starts a sweep only when no runner has started it within the interval and
+-- no pass is still running, so a sweep runs once per interval in total, one pass at
+-- a time, however many runners there are.
 CREATE TABLE IF NOT EXISTS runner.sweeps (
     name text PRIMARY KEY,
     last_started_at timestamptz NOT NULL,
+    last_finished_at timestamptz,
     last_succeeded_at timestamptz
 );
 
