@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import secrets
 import time
 from datetime import datetime
@@ -23,7 +24,7 @@ from runner import metrics
 from runner.errors import InvalidArguments, PermanentError
 from runner.queries import query
 from runner.registry import JobContext, handler
-from runner.sealing import seal
+from runner.sealing import public_key, seal
 from runner.store import Connection
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,18 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-@handler("rotate_key", transactional=True)
+def _check(key_id: int, grace_hours: float, recipient: str | None) -> None:
+    if key_id < 1:
+        raise InvalidArguments(f"key_id must be a positive integer, not {key_id!r}")
+    if not (math.isfinite(grace_hours) and 0 <= grace_hours <= MAX_GRACE_HOURS):
+        raise InvalidArguments(
+            f"grace_hours must be from 0 to {MAX_GRACE_HOURS:g}, not {grace_hours!r}"
+        )
+    if recipient is not None:
+        public_key(recipient)
+
+
+@handler("rotate_key", transactional=True, validate=_check)
 def rotate_key(
     ctx: JobContext,
     key_id: int,
@@ -58,14 +70,13 @@ def rotate_key(
     recipient: str | None = None,
 ) -> dict[str, Any]:
     """Issue a successor for an API key; the old key stays valid for a grace period."""
-    _check(key_id, grace_hours, recipient)
     if ctx.conn is None:
         raise RuntimeError("rotate_key must run in the job's transaction")
     started = time.perf_counter()
     try:
         result = _rotate(ctx.conn, key_id, grace_hours, recipient)
-    except PermanentError as exc:
-        metrics.KEY_ROTATIONS.labels(getattr(exc, "outcome", "failed")).inc()
+    except _KeyUnusable as exc:
+        metrics.KEY_ROTATIONS.labels(exc.outcome).inc()
         raise
     duration = time.perf_counter() - started
 
@@ -82,19 +93,6 @@ class _KeyUnusable(PermanentError):
     def __init__(self, message: str, outcome: str) -> None:
         super().__init__(message)
         self.outcome = outcome
-
-
-def _check(key_id: object, grace_hours: object, recipient: object) -> None:
-    if isinstance(key_id, bool) or not isinstance(key_id, int) or key_id < 1:
-        raise InvalidArguments(f"key_id must be a positive integer, not {key_id!r}")
-    if isinstance(grace_hours, bool) or not isinstance(grace_hours, int | float):
-        raise InvalidArguments(f"grace_hours must be a number, not {grace_hours!r}")
-    if not 0 <= grace_hours <= MAX_GRACE_HOURS:
-        raise InvalidArguments(
-            f"grace_hours must be from 0 to {MAX_GRACE_HOURS:g}, not {grace_hours!r}"
-        )
-    if recipient is not None and not isinstance(recipient, str):
-        raise InvalidArguments("recipient must be a base64 public key")
 
 
 def _query(name: str) -> LiteralString:

@@ -1,10 +1,10 @@
 """runner: a lightweight job runner on PostgreSQL.
 
 The public API: `handler` declares a handler, `enqueue` adds a job, `wait_for`
-waits for its outcome.
+waits for its outcome, `cancel` withdraws a job that has not started.
 """
 
-from runner.client import enqueue, get_job, wait_for
+from runner.client import cancel, database_url, enqueue, get_job, wait_for
 from runner.errors import (
     ConfigurationError,
     DatabaseError,
@@ -15,6 +15,7 @@ from runner.errors import (
     PermanentError,
     RunnerError,
     UnknownTask,
+    WaitTimedOut,
 )
 from runner.jobs import JobState
 from runner.registry import Handler, JobContext, handler
@@ -32,6 +33,9 @@ __all__ = [
     "PermanentError",
     "RunnerError",
     "UnknownTask",
+    "WaitTimedOut",
+    "cancel",
+    "database_url",
     "enqueue",
     "get_job",
     "handler",

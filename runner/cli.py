@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -15,12 +16,16 @@ import click
 
 from runner import client, embedded, logs, metrics, store
 from runner.config import Settings
-from runner.errors import InvalidArguments, RunnerError
+from runner.delivery import Inbox, open_secret
+from runner.errors import InvalidArguments, RunnerError, WaitTimedOut
 from runner.jobs import JobState
 from runner.registry import Registry, discover
 from runner.sealing import Recipient
 
 logger = logging.getLogger("runner")
+
+# Seconds `enqueue --wait` waits before it says that it is still waiting.
+WAIT_NOTICE_AFTER = 5.0
 
 
 @dataclass
@@ -37,6 +42,10 @@ class _Context:
         return self._url
 
     def registry(self) -> Registry:
+        if self.imports and os.getcwd() not in sys.path:
+            # Modules named with --import are found in the current folder too, as
+            # `python -m` would.
+            sys.path.insert(0, os.getcwd())
         return discover(self.imports)
 
 
@@ -245,10 +254,17 @@ def _json_args(text: str | None) -> dict[str, Any]:
 )
 @click.option("--queue", default="default", show_default=True)
 @click.option(
-    "--priority", type=int, default=0, show_default=True, help="Higher runs first."
+    "--priority",
+    type=click.IntRange(-(2**31), 2**31 - 1),
+    default=0,
+    show_default=True,
+    help="Higher runs first.",
 )
 @click.option(
-    "--max-attempts", type=click.IntRange(min=1), default=5, show_default=True
+    "--max-attempts",
+    type=click.IntRange(1, 2**31 - 1),
+    default=5,
+    show_default=True,
 )
 @click.option(
     "--delay",
@@ -259,7 +275,8 @@ def _json_args(text: str | None) -> dict[str, Any]:
 @click.option(
     "--run-at",
     type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"]),
-    help="When the job may run (ISO 8601; UTC unless an offset is given).",
+    help="When the job may run, as 2026-12-24T18:00:00 (UTC) or with an offset "
+    "(+01:00).",
 )
 @click.option("--wait", is_flag=True, help="Wait for the outcome and print it.")
 @click.option(
@@ -288,13 +305,16 @@ def enqueue(
     `runner enqueue rotate_key --key-id 123`.
     """
     obj: _Context = ctx.obj
-    args = {**_json_args(args_json), **_pairs(arg_pairs), **_task_options(ctx.args)}
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout goes with --wait")
+    if run_at is not None and delay:
+        raise click.UsageError("give --run-at or --delay, not both")
     if run_at is not None and run_at.tzinfo is None:
-        run_at = run_at.replace(tzinfo=datetime.now().astimezone().tzinfo).astimezone()
+        run_at = run_at.replace(tzinfo=UTC)
+    args = {**_json_args(args_json), **_pairs(arg_pairs), **_task_options(ctx.args)}
+    recipient = _recipient_for(task, args)
     registry = obj.registry()
-    recipient = _recipient_for(task, args, wait)
-    url = obj.url()
-    with store.connect(url) as conn:
+    with store.connect(obj.url()) as conn:
         job_id = client.enqueue(
             task,
             args,
@@ -306,34 +326,95 @@ def enqueue(
             run_at=run_at,
             registry=registry,
         )
+        if recipient is not None:
+            Inbox().keep(job_id, recipient)
         click.echo(job_id)
         if wait:
-            _print_outcome(conn, client.wait_for(conn, job_id, timeout), recipient)
+            job = _wait(conn, job_id, timeout, recipient is not None)
+            _print_outcome(conn, job, recipient)
+        elif recipient is not None:
+            click.echo(_secret_hint(job_id), err=True)
 
 
-def _recipient_for(task: str, args: dict[str, Any], wait: bool) -> Recipient | None:
-    """A one-time key pair to receive a rotated key's secret, when waiting for one."""
-    if task != "rotate_key" or not wait or "recipient" in args:
+def _recipient_for(task: str, args: dict[str, Any]) -> Recipient | None:
+    """A one-time key pair to receive a rotated key's secret, unless one is given."""
+    if task != "rotate_key" or "recipient" in args:
         return None
     recipient = Recipient()
     args["recipient"] = recipient.public
     return recipient
 
 
+def _secret_hint(job_id: int) -> str:
+    return f"run `runner secret {job_id}` once the job is done to see the new secret"
+
+
+def _wait(
+    conn: store.Connection, job_id: int, timeout: float | None, sealed: bool
+) -> dict[str, Any]:
+    """Wait for the job; say so on stderr when it takes a while (no runner?)."""
+    first = WAIT_NOTICE_AFTER if timeout is None else min(timeout, WAIT_NOTICE_AFTER)
+    try:
+        return client.wait_for(conn, job_id, first)
+    except WaitTimedOut as exc:
+        if timeout is not None and timeout <= WAIT_NOTICE_AFTER:
+            raise _still_waiting(exc, job_id, sealed) from None
+        click.echo(f"waiting for job {job_id}: is a runner running?", err=True)
+    rest = None if timeout is None else timeout - first
+    try:
+        return client.wait_for(conn, job_id, rest)
+    except WaitTimedOut as exc:
+        raise _still_waiting(exc, job_id, sealed) from None
+
+
+def _still_waiting(exc: WaitTimedOut, job_id: int, sealed: bool) -> RunnerError:
+    hint = f"; {_secret_hint(job_id)}" if sealed else ""
+    return WaitTimedOut(f"{exc}; it will still run{hint}")
+
+
 def _print_outcome(
     conn: store.Connection, job: dict[str, Any], recipient: Recipient | None
 ) -> None:
-    result = job["result"]
     if job["state"] != JobState.SUCCEEDED:
-        _fail(f"job {job['id']} {job['state']}: {job['last_error']}")
-    if recipient is not None and isinstance(result, dict) and "sealed_secret" in result:
-        secret = recipient.open(result.pop("sealed_secret"))
-        # Shown once: the sealed copy is wiped as soon as it was read.
-        store.forget_result_field(conn, job["id"], "sealed_secret")
-        click.echo(json.dumps(result, indent=2))
+        if recipient is not None:
+            Inbox().discard(job["id"])
+        raise RunnerError(f"job {job['id']} {job['state']}: {job['last_error']}")
+    secret = None
+    if recipient is not None:
+        secret = open_secret(conn, job, recipient)
+        Inbox().discard(job["id"])
+    click.echo(json.dumps(job["result"], indent=2))
+    if secret is not None:
         click.echo(f"new secret (shown once, store it now): {secret}")
-        return
-    click.echo(json.dumps(result, indent=2))
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.pass_obj
+def secret(obj: _Context, job_id: int) -> None:
+    """Show, once, the new secret of a rotation enqueued here without --wait."""
+    inbox = Inbox()
+    recipient = inbox.recipient(job_id)
+    with store.connect(obj.url()) as conn:
+        job = store.get_job(conn, job_id)
+        if not JobState(job["state"]).is_final:
+            raise RunnerError(f"job {job_id} is still {job['state']}: try again later")
+        if job["state"] != JobState.SUCCEEDED:
+            inbox.discard(job_id)
+            raise RunnerError(
+                f"job {job_id} {job['state']} and issued no key: {job['last_error']}"
+            )
+        value = open_secret(conn, job, recipient)
+    inbox.discard(job_id)
+    if value is None:
+        raise RunnerError(
+            f"job {job_id} holds no secret: it was shown already, or the key had "
+            "been rotated before and this job issued no new one"
+        )
+    click.echo(
+        f"new secret of key {job['result'].get('new_key_id')} "
+        f"(shown once, store it now): {value}"
+    )
 
 
 @cli.command("handlers")
@@ -402,14 +483,24 @@ def doctor(obj: _Context, listen_database_url: str | None) -> None:
         sys.exit(1)
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, status: int = 1) -> NoReturn:
     click.echo(f"error: {message}", err=True)
-    sys.exit(1)
+    sys.exit(status)
 
 
 def main() -> None:
     """Entry point of the `runner` script: expected failures print one line."""
     try:
-        cli(standalone_mode=True)
+        status = cli.main(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        status = 0
+    except click.UsageError as exc:
+        _fail(exc.format_message(), status=2)
+    except click.ClickException as exc:
+        _fail(exc.format_message())
+    except click.Abort:
+        _fail("aborted")
     except RunnerError as exc:
         _fail(str(exc))
+    sys.exit(status if isinstance(status, int) else 0)

@@ -1,16 +1,20 @@
-"""The Python API for producers: enqueue jobs and wait for their outcome."""
+"""The Python API for producers: enqueue jobs, wait for them, cancel them."""
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime
 from functools import cache
 from typing import Any
 
-from runner import embedded, store
-from runner.errors import InvalidArguments, RunnerError
+from runner import embedded, payloads, store
+from runner.errors import InvalidArguments, WaitTimedOut
 from runner.jobs import JobState
-from runner.registry import Registry, discover
+from runner.registry import Handler, Registry, discover
+
+# PostgreSQL's integer range, for priorities and attempt counts.
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 
 
 @cache
@@ -19,8 +23,13 @@ def installed_registry() -> Registry:
     return discover()
 
 
+def database_url() -> str:
+    """The database the runner uses: DATABASE_URL, else the embedded one."""
+    return embedded.resolve_database_url(None)
+
+
 def enqueue(
-    task: str,
+    task: str | Handler,
     args: dict[str, Any] | None = None,
     *,
     conn: store.Connection | None = None,
@@ -35,16 +44,22 @@ def enqueue(
 ) -> int:
     """Enqueue a job and return its id.
 
-    With `conn`, the job is inserted in that connection's current transaction and
-    runs only once the caller commits; otherwise it is committed before this returns,
-    on `database_url`, else DATABASE_URL, else the embedded database.
-    With `check`, the task must have a handler in `registry` (by default the
-    installed ones) that accepts `args`.
+    `task` is a task name or a `Handler`. With `conn`, the job is inserted in that
+    connection's current transaction and runs only once the caller commits;
+    otherwise it is committed before this returns, on `database_url`, else
+    DATABASE_URL, else the embedded database. With `check`, the handler (the one
+    given, or the task's in `registry`, by default the installed handlers) must
+    accept `args`.
     """
     args = {} if args is None else args
-    _check_options(args, queue, max_attempts, delay)
-    if check:
-        (registry or installed_registry()).get(task).check_arguments(args)
+    _check_options(args, queue, priority, max_attempts, delay)
+    if isinstance(task, Handler):
+        handler: Handler | None = task
+        task = task.name
+    else:
+        handler = (registry or installed_registry()).get(task) if check else None
+    if check and handler is not None:
+        handler.check_arguments(args)
     options: dict[str, Any] = {
         "queue": queue,
         "priority": priority,
@@ -59,15 +74,22 @@ def enqueue(
         return store.insert_job(own, task, args, **options)
 
 
-def _check_options(args: object, queue: str, max_attempts: int, delay: float) -> None:
+def _check_options(
+    args: object, queue: str, priority: int, max_attempts: int, delay: float
+) -> None:
     if not isinstance(args, dict):
         raise InvalidArguments("job arguments must be a JSON object")
+    why = payloads.problem(args)
+    if why is not None:
+        raise InvalidArguments(f"job arguments must be JSON that can be stored: {why}")
     if not queue:
         raise InvalidArguments("the queue name must not be empty")
-    if max_attempts < 1:
+    if not _INT_MIN <= priority <= _INT_MAX:
+        raise InvalidArguments(f"the priority must be a 32-bit integer, not {priority}")
+    if not 1 <= max_attempts <= _INT_MAX:
         raise InvalidArguments("max attempts must be at least 1")
-    if delay < 0:
-        raise InvalidArguments("the delay must not be negative")
+    if not (math.isfinite(delay) and delay >= 0):
+        raise InvalidArguments("the delay must be a number of seconds, 0 or more")
 
 
 def get_job(job_id: int, database_url: str | None = None) -> dict[str, Any]:
@@ -76,12 +98,19 @@ def get_job(job_id: int, database_url: str | None = None) -> dict[str, Any]:
         return store.get_job(conn, job_id)
 
 
+def cancel(job_id: int, database_url: str | None = None) -> bool:
+    """Cancel a job that has not started; False when it already has (or finished)."""
+    with store.connect(embedded.resolve_database_url(database_url)) as conn:
+        store.get_job(conn, job_id)  # JobNotFound for an unknown id
+        return store.cancel_job(conn, job_id)
+
+
 def wait_for(
     conn: store.Connection, job_id: int, timeout: float | None = None
 ) -> dict[str, Any]:
     """Wait until the job reaches a final state and return it.
 
-    Raises RunnerError when `timeout` seconds pass first.
+    Raises WaitTimedOut when `timeout` seconds pass first; the job goes on.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = 0.01
@@ -90,7 +119,7 @@ def wait_for(
         if JobState(job["state"]).is_final:
             return job
         if deadline is not None and time.monotonic() >= deadline:
-            raise RunnerError(
+            raise WaitTimedOut(
                 f"job {job_id} is still {job['state']} after {timeout:g} s"
             )
         time.sleep(pause)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
+
+from runner.errors import ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -32,3 +35,35 @@ class Settings:
     """Finished jobs are deleted this long after they finished."""
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
+                raise ConfigurationError(
+                    f"{_option(f.name)} must be a finite number >= 0"
+                )
+        for name in (
+            "poll_interval",
+            "job_timeout",
+            "heartbeat_interval",
+            "rescue_interval",
+            "prune_interval",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{_option(name)} must be more than 0")
+        if self.stall_threshold < 2 * self.heartbeat_interval:
+            # Any less, and a heartbeat a little late makes a live runner look dead.
+            raise ConfigurationError(
+                f"{_option('stall_threshold')} must be at least twice "
+                f"{_option('heartbeat_interval')} ({self.heartbeat_interval:g} s)"
+            )
+        if self.retry_max_delay < self.retry_base_delay:
+            raise ConfigurationError(
+                f"{_option('retry_max_delay')} must not be less than "
+                f"{_option('retry_base_delay')}"
+            )
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")

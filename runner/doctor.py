@@ -7,14 +7,11 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import psycopg
-
 from runner import store
 from runner.errors import DatabaseError
 from runner.listener import Listener
 from runner.queries import query
 
-SCHEMA_VERSION = 1
 # Host and database clocks further apart than this, in seconds, are a finding.
 CLOCK_SKEW_LIMIT = 5.0
 # A table whose dead rows outnumber live ones this many times needs a vacuum.
@@ -50,12 +47,12 @@ def examine(
         return
     with conn:
         yield Finding(Level.OK, f"connected to {store.describe(database_url)}")
-        version = _schema_version(conn)
-        if version != SCHEMA_VERSION:
+        version = store.schema_version(conn)
+        if version != store.SCHEMA_VERSION:
             yield Finding(
                 Level.FAIL,
-                f"schema version {version or 'missing'}, expected {SCHEMA_VERSION}: "
-                "run `runner migrate`",
+                f"schema version {version or 'missing'}, expected "
+                f"{store.SCHEMA_VERSION}: run `runner migrate`",
             )
             return
         yield Finding(Level.OK, f"schema version {version}")
@@ -71,14 +68,6 @@ def examine(
         for check in checks:
             with store.translate_errors():
                 yield check(conn)
-
-
-def _schema_version(conn: store.Connection) -> int | None:
-    try:
-        row = conn.execute(query("schema_version")).fetchone()
-    except psycopg.errors.UndefinedTable:
-        return None
-    return None if row is None else int(row[0])
 
 
 def _notifications(conn: store.Connection, listen_url: str) -> Finding:

@@ -7,6 +7,7 @@ Every error derives from `RunnerError`, grouped by what the caller can do:
     ├── DatabaseError           the database refused or failed a statement
     │   └── DatabaseUnavailable     it cannot be reached; try again later
     ├── JobNotFound             no job has that id
+    ├── WaitTimedOut            a job did not finish within the time waited
     ├── UnknownTask             no handler is registered under that name
     └── JobError                raised by handlers: how one job attempt ended
         └── PermanentError          fail the job now, never retry
@@ -34,6 +35,10 @@ class DatabaseUnavailable(DatabaseError):
 
 class JobNotFound(RunnerError):
     """No job has the requested id."""
+
+
+class WaitTimedOut(RunnerError):
+    """A job did not reach a final state within the time waited; it may still."""
 
 
 class UnknownTask(RunnerError):

@@ -61,6 +61,9 @@ class Handler:
     takes_context: bool = False
     timeout: float | None = None
     """Seconds an attempt may run before it is interrupted; None: the runner default."""
+    validate: Callable[..., None] | None = None
+    """Called with the arguments (defaults filled in) to reject bad values early,
+    at enqueue time too; raises InvalidArguments."""
     description: str = ""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -90,6 +93,14 @@ class Handler:
                     f"invalid arguments for {self.name!r}: {name} must be "
                     f"{_type_name(expected)}, not {value!r}"
                 )
+        if self.validate is not None:
+            bound.apply_defaults()
+            try:
+                self.validate(**bound.arguments)
+            except InvalidArguments as exc:
+                raise InvalidArguments(
+                    f"invalid arguments for {self.name!r}: {exc}"
+                ) from None
 
     def run(self, ctx: JobContext, args: dict[str, Any]) -> Any:
         self.check_arguments(args)
@@ -110,6 +121,7 @@ def handler(
     transactional: bool = False,
     context: bool = False,
     timeout: float | None = None,
+    validate: Callable[..., None] | None = None,
 ) -> Callable[[Callable[..., Any]], Handler]: ...
 
 
@@ -120,6 +132,7 @@ def handler(
     transactional: bool = False,
     context: bool = False,
     timeout: float | None = None,
+    validate: Callable[..., None] | None = None,
 ) -> Handler | Callable[[Callable[..., Any]], Handler]:
     """Declare a handler, named after the function unless a name is given.
 
@@ -136,6 +149,7 @@ def handler(
             transactional=transactional,
             takes_context=context or transactional,
             timeout=timeout,
+            validate=validate,
             description=doc.splitlines()[0] if doc else "",
         )
 
@@ -248,9 +262,9 @@ def discover(imports: Iterable[str] = ()) -> Registry:
     for name in imports:
         try:
             module = importlib.import_module(name)
-        except ImportError as exc:
+        except Exception as exc:
             raise ConfigurationError(
-                f"cannot import handler module {name!r}: {exc}"
+                f"cannot import handler module {name!r}: {type(exc).__name__}: {exc}"
             ) from exc
         registry.add_module(module)
     return registry

@@ -33,9 +33,25 @@ _NONCE = bytes(12)
 class Recipient:
     """A one-time key pair; `public` is what travels with the job."""
 
-    def __init__(self) -> None:
-        self._private = X25519PrivateKey.generate()
+    def __init__(self, private: X25519PrivateKey | None = None) -> None:
+        self._private = private or X25519PrivateKey.generate()
         self.public = _b64(_raw(self._private.public_key()))
+
+    def export(self) -> str:
+        """The private half as text, to keep until the sealed value arrives."""
+        raw = self._private.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return _b64(raw)
+
+    @classmethod
+    def load(cls, text: str) -> Recipient:
+        try:
+            return cls(X25519PrivateKey.from_private_bytes(_unb64(text.strip())))
+        except ValueError as exc:
+            raise RunnerError("the stored recipient key is damaged") from exc
 
     def open(self, sealed: dict[str, str]) -> str:
         """The plaintext sealed to this recipient."""
@@ -53,14 +69,19 @@ class Recipient:
             ) from None
 
 
-def seal(recipient_public: str, plaintext: str) -> dict[str, str]:
-    """Seal `plaintext` to the base64 X25519 public key `recipient_public`."""
+def public_key(text: str) -> X25519PublicKey:
+    """The X25519 public key in base64 `text`; InvalidArguments if it is not one."""
     try:
-        recipient = X25519PublicKey.from_public_bytes(_unb64(recipient_public))
+        return X25519PublicKey.from_public_bytes(_unb64(text))
     except (TypeError, ValueError) as exc:
         raise InvalidArguments(
             "recipient must be a base64 X25519 public key (32 bytes)"
         ) from exc
+
+
+def seal(recipient_public: str, plaintext: str) -> dict[str, str]:
+    """Seal `plaintext` to the base64 X25519 public key `recipient_public`."""
+    recipient = public_key(recipient_public)
     ephemeral = X25519PrivateKey.generate()
     key = _derive(
         ephemeral.exchange(recipient), ephemeral.public_key(), recipient_public

@@ -30,8 +30,15 @@ logger = logging.getLogger(__name__)
 
 Connection = psycopg.Connection[Any]
 
+# The version that schema.sql brings a database to.
+SCHEMA_VERSION = 1
 # Serialises concurrent `runner migrate` runs; an arbitrary constant of the project.
 _MIGRATE_LOCK_KEY = 0x72756E6E6572  # "runner"
+
+
+# SQLSTATEs of a server that is going away or not taking connections: class 08
+# (connection exception) is matched by its prefix.
+_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 
 
 @contextmanager
@@ -39,10 +46,22 @@ def translate_errors() -> Iterator[None]:
     """Re-raise driver errors as the runner's own."""
     try:
         yield
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(_first_line(exc)) from exc
     except psycopg.Error as exc:
+        if _connection_lost(exc):
+            raise DatabaseUnavailable(_first_line(exc)) from exc
         raise DatabaseError(_first_line(exc)) from exc
+
+
+def _connection_lost(exc: psycopg.Error) -> bool:
+    """Whether the error means the connection, not the statement, failed.
+
+    Errors raised by the driver itself carry no SQLSTATE; statement errors such as
+    a value too large (class 54) are operational too, but retrying cannot help them.
+    """
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in _UNAVAILABLE_STATES
 
 
 def _first_line(exc: BaseException) -> str:
@@ -88,14 +107,29 @@ def describe(url: str) -> str:
     return f"database {dbname} on {where} as {user}"
 
 
+def schema_version(conn: Connection) -> int | None:
+    """The schema version in force, or None when there is no schema yet."""
+    with translate_errors():
+        row = conn.execute(queries.query("schema_present")).fetchone()
+        if not (row and row[0]):
+            return None
+        row = conn.execute(queries.query("schema_version")).fetchone()
+    return None if row is None else int(row[0])
+
+
 def migrate(conn: Connection) -> int:
-    """Apply the schema (idempotently) and return the schema version now in force."""
+    """Bring the schema to SCHEMA_VERSION; return the version now in force.
+
+    An up-to-date schema is left alone: the script takes locks on the jobs table
+    that running runners would queue behind.
+    """
+    version = schema_version(conn)
+    if version is not None and version >= SCHEMA_VERSION:
+        return version
     with translate_errors(), conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK_KEY,))
+        conn.execute(queries.query("schema_lock"), {"key": _MIGRATE_LOCK_KEY})
         conn.execute(queries.schema())
-        row = conn.execute("SELECT version FROM runner.schema_version").fetchone()
-    assert row is not None  # the schema script always inserts it
-    return int(row[0])
+    return schema_version(conn) or SCHEMA_VERSION
 
 
 def insert_job(
@@ -132,6 +166,13 @@ def get_job(conn: Connection, job_id: int) -> dict[str, Any]:
     if row is None:
         raise JobNotFound(f"no job with id {job_id}")
     return row
+
+
+def cancel_job(conn: Connection, job_id: int) -> bool:
+    """Cancel a queued job; False when it is not queued (any more)."""
+    with translate_errors():
+        row = conn.execute(queries.query("job_cancel"), {"id": job_id}).fetchone()
+    return row is not None
 
 
 def forget_result_field(conn: Connection, job_id: int, field: str) -> None:

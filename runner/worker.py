@@ -7,7 +7,6 @@ pipe that the listener watches, so an idle wait ends at once.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -21,7 +20,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from runner import metrics, store
+from runner import metrics, payloads, store
 from runner.config import Settings
 from runner.errors import (
     DatabaseError,
@@ -342,22 +341,21 @@ class Worker:
                 result = self._run_in_transaction(conn, handler, ctx, job)
             else:
                 result = self._run_handler(handler, ctx, job)
-                if not self.store.succeed(conn, job.id, _jsonable(result)):
+                if not self.store.succeed(
+                    conn, job.id, payloads.storable_result(result)
+                ):
                     raise _ClaimLost
         except _ClaimLost:
-            logger.warning(
-                "job %s was taken from this runner; its outcome was not recorded",
-                job.id,
-                extra=_job_extra("job_claim_lost", job),
-            )
-            return "lost"
+            return self._claim_lost(job)
         except DatabaseUnavailable:
             raise
         except _DeadlinePassed:
             return self._after_deadline(conn, job)
         except (UnknownTask, PermanentError) as exc:
             return self._fail(conn, job, str(exc))
-        except Exception as exc:
+        except BaseException as exc:
+            # Handlers that raise SystemExit or KeyboardInterrupt fail their attempt
+            # like any other: only the runner's own signals stop the runner.
             return self._retry_or_fail(conn, job, _describe_error(exc))
         for callback in ctx._after_commit:
             callback()
@@ -375,7 +373,7 @@ class Worker:
         with store.translate_errors(), conn.transaction():
             ctx.conn = conn
             result = self._run_handler(handler, ctx, job)
-            if not self.store.succeed(conn, job.id, _jsonable(result)):
+            if not self.store.succeed(conn, job.id, payloads.storable_result(result)):
                 raise _ClaimLost
         return result
 
@@ -407,7 +405,8 @@ class Worker:
         if job.is_last_attempt:
             return self._fail(conn, job, error)
         delay = self._backoff(job.attempt)
-        self.store.retry(conn, job.id, error[:MAX_ERROR_LENGTH], delay)
+        if not self.store.retry(conn, job.id, error[:MAX_ERROR_LENGTH], delay):
+            return self._claim_lost(job)
         logger.info(
             "job %s (%s) failed attempt %s of %s, retrying in %.1f s: %s",
             job.id,
@@ -421,7 +420,8 @@ class Worker:
         return "retried"
 
     def _fail(self, conn: store.Connection, job: ClaimedJob, error: str) -> str:
-        self.store.fail(conn, job.id, error[:MAX_ERROR_LENGTH])
+        if not self.store.fail(conn, job.id, error[:MAX_ERROR_LENGTH]):
+            return self._claim_lost(job)
         logger.error(
             "job %s (%s) failed: %s",
             job.id,
@@ -430,6 +430,16 @@ class Worker:
             extra=_job_extra("job_failed", job),
         )
         return "failed"
+
+    def _claim_lost(self, job: ClaimedJob) -> str:
+        logger.warning(
+            "job %s (%s) was taken from this runner (its heartbeat went stale); this "
+            "attempt's outcome was not recorded",
+            job.id,
+            job.task,
+            extra=_job_extra("job_claim_lost", job),
+        )
+        return "lost"
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with jitter: half fixed, half random."""
@@ -513,12 +523,3 @@ def _describe_error(exc: BaseException) -> str:
 
 def _first_line(text: str) -> str:
     return text.splitlines()[0] if text else text
-
-
-def _jsonable(result: Any) -> Any:
-    """The handler's return value as stored: JSON-compatible values only."""
-    try:
-        json.dumps(result)
-    except (TypeError, ValueError):
-        return {"repr": repr(result)[:MAX_ERROR_LENGTH]}
-    return result

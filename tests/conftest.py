@@ -35,9 +35,10 @@ def conn(database_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
 
 
 @pytest.fixture
-def env(database_url: str) -> dict[str, str]:
+def env(database_url: str, tmp_path: Path) -> dict[str, str]:
     """Environment for `runner` subprocesses on this test's database."""
-    return runner_env(database_url)
+    # XDG_DATA_HOME holds the secrets inbox: each test gets its own.
+    return runner_env(database_url, XDG_DATA_HOME=str(tmp_path / "data"))
 
 
 @pytest.fixture

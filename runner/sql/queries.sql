@@ -90,6 +90,13 @@ SET state = (CASE WHEN attempts >= max_attempts
 WHERE state = 'running' AND claimed_by = %(worker_id)s
 RETURNING id, task, state::text, attempts;
 
+-- name: job_cancel
+-- Withdraw a job that has not started; a running or finished job is left alone.
+UPDATE runner.jobs
+SET state = 'cancelled', finished_at = now(), updated_at = now()
+WHERE id = %(id)s AND state = 'queued'
+RETURNING id;
+
 -- name: job_get
 SELECT id, task, args, queue, priority, state::text, attempts, max_attempts, run_at,
        claimed_by, claimed_at, last_error, result, created_at, updated_at, finished_at
@@ -178,8 +185,15 @@ WHERE name = %(sweep)s;
 -- name: clock_now
 SELECT now();
 
+-- name: schema_present
+SELECT to_regclass('runner.schema_version') IS NOT NULL;
+
 -- name: schema_version
 SELECT version FROM runner.schema_version;
+
+-- name: schema_lock
+-- Serialises concurrent migrations until the end of the transaction.
+SELECT pg_advisory_xact_lock(%(key)s);
 
 -- name: doctor_claim_index
 SELECT indisvalid FROM pg_index

@@ -107,3 +107,70 @@ def test_doctor_fails_on_a_database_without_the_schema(env, conn):
     assert "fail  schema version missing, expected 1: run `runner migrate`" in (
         done.stdout
     )
+
+
+def test_option_errors_are_one_line_with_status_2(env, conn):
+    for args in (
+        ["enqueue", "echo", "--priority", "abc"],
+        ["enqueue", "echo", "--priority", "99999999999"],
+        ["enqueue", "echo", "--max-attempts", "0"],
+        ["enqueue", "echo", "--delay", "-1"],
+        ["enqueue", "echo", "--run-at", "tomorrow"],
+        ["enqueue", "echo", "--timeout", "3"],
+        ["enqueue", "echo", "--delay", "3", "--run-at", "2030-01-01T00:00:00"],
+        ["no-such-command"],
+    ):
+        done = run_cli(env, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        one_line_error(done)
+    assert conn.execute("SELECT count(*) FROM runner.jobs").fetchone() == (0,)
+
+
+def test_values_the_handler_rejects_are_refused_before_enqueue(env, conn):
+    for args in (
+        ["--key-id", "-5"],
+        ["--key-id", "0"],
+        ["--key-id", "1", "--grace-hours", "-1"],
+        ["--key-id", "1", "--grace-hours", "1000"],
+        ["--key-id", "1", "--grace-hours", "NaN"],
+        ["--key-id", "1", "--recipient", "notbase64"],
+    ):
+        line = one_line_error(run_cli(env, "enqueue", "rotate_key", *args))
+        assert "invalid arguments for 'rotate_key'" in line or "JSON" in line, line
+    assert conn.execute("SELECT count(*) FROM runner.jobs").fetchone() == (0,)
+
+
+def test_run_at_without_an_offset_is_utc(env, conn):
+    done = run_cli(
+        {**env, "TZ": "America/New_York"},
+        "enqueue",
+        "echo",
+        "--run-at",
+        "2030-12-24T18:00:00",
+    )
+    assert done.returncode == 0, done.stderr
+    run_at = db.job(conn, int(done.stdout))["run_at"]
+    assert run_at.isoformat().startswith("2030-12-24T18:00:00")
+    assert run_at.utcoffset().total_seconds() == 0
+
+
+def test_bad_runner_settings_are_refused(env):
+    for args in (
+        ["run", "--stall-threshold", "0"],
+        ["run", "--poll-interval", "0"],
+        ["run", "--job-timeout", "0"],
+        ["run", "--heartbeat-interval", "30", "--stall-threshold", "45"],
+    ):
+        line = one_line_error(run_cli(env, *args))
+        assert "must be" in line, line
+
+
+def test_a_broken_handler_module_is_one_line(env, tmp_path):
+    (tmp_path / "broken_jobs.py").write_text("def oops(:\n")
+    done = run_cli(
+        {**env, "PYTHONPATH": f"{tmp_path}:{env['PYTHONPATH']}"},
+        "--import",
+        "broken_jobs",
+        "handlers",
+    )
+    assert "cannot import handler module 'broken_jobs'" in one_line_error(done)

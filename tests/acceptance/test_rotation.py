@@ -173,3 +173,53 @@ def test_malformed_key_id_is_refused_before_enqueue(conn, env):
     assert "key_id" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert conn.execute("SELECT count(*) FROM runner.jobs").fetchone() == (0,)
+
+
+def test_without_wait_the_secret_is_opened_later_once(conn, env, start_runner):
+    key_id = db.new_key(conn)
+    done = run_cli(env, "enqueue", "rotate_key", "--key-id", str(key_id))
+    assert done.returncode == 0, done.stderr
+    job_id = int(done.stdout)
+    assert f"runner secret {job_id}" in done.stderr
+
+    early = run_cli(env, "secret", str(job_id))
+    assert early.returncode == 1
+    assert "is still queued" in early.stderr
+
+    start_runner()
+    wait_until(lambda: db.job_state(conn, job_id) == "succeeded", message="rotation")
+    shown = run_cli(env, "secret", str(job_id))
+    assert shown.returncode == 0, shown.stderr
+    secret = shown.stdout.rsplit(" ", 1)[1].strip()
+    (new,) = db.successors(conn, key_id)
+    assert hash_secret(secret) == new["key_hash"]
+    assert "sealed_secret" not in db.job(conn, job_id)["result"]
+
+    again = run_cli(env, "secret", str(job_id))
+    assert again.returncode == 1
+    assert "no key for job" in again.stderr
+
+
+def test_a_wait_that_times_out_keeps_the_secret_for_later(conn, env, start_runner):
+    key_id = db.new_key(conn)
+    done = run_cli(
+        env,
+        "enqueue",
+        "rotate_key",
+        "--key-id",
+        str(key_id),
+        "--wait",
+        "--timeout",
+        "0.5",
+    )
+    assert done.returncode == 1
+    job_id = int(done.stdout)
+    assert "still queued after 0.5 s; it will still run" in done.stderr
+    assert f"runner secret {job_id}" in done.stderr
+
+    start_runner()
+    wait_until(lambda: db.job_state(conn, job_id) == "succeeded", message="rotation")
+    shown = run_cli(env, "secret", str(job_id))
+    assert shown.returncode == 0, shown.stderr
+    (new,) = db.successors(conn, key_id)
+    assert hash_secret(shown.stdout.rsplit(" ", 1)[1].strip()) == new["key_hash"]

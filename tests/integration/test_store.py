@@ -104,3 +104,33 @@ def test_pruning_deletes_old_finished_jobs_in_batches(conn):
     assert store.prune_batch(conn, retention=86400, batch=10) == 0
     assert db.job_state(conn, fresh) == "failed"
     assert db.job_state(conn, queued) == "queued"
+
+
+def test_cancel_withdraws_only_a_job_that_has_not_started(conn, database_url):
+    queued = db.insert_job(conn, "echo")
+    assert runner.cancel(queued, database_url)
+    assert db.job_state(conn, queued) == "cancelled"
+    assert not runner.cancel(queued, database_url)
+    with pytest.raises(runner.JobNotFound):
+        runner.cancel(999999, database_url)
+
+
+def test_enqueue_a_handler_object_and_check_json_arguments(database_url):
+    from tests.support.tasks import sleep
+
+    job_id = runner.enqueue(sleep, {"seconds": 0.1}, database_url=database_url)
+    assert runner.get_job(job_id, database_url)["task"] == "sleep"
+    with pytest.raises(runner.InvalidArguments, match="seconds"):
+        runner.enqueue(sleep, {"seconds": "x"}, database_url=database_url)
+    for bad in ({"x": object()}, {"x": float("nan")}, {"x": "a\x00b"}):
+        with pytest.raises(runner.InvalidArguments, match="JSON"):
+            runner.enqueue("noop", bad, database_url=database_url)
+
+
+def test_migrate_leaves_an_up_to_date_schema_alone(conn, database_url):
+    # A runner's claim holds a lock on the jobs table; migrating must not wait.
+    with psycopg.connect(database_url) as busy:
+        busy.execute("LOCK TABLE runner.jobs IN ROW EXCLUSIVE MODE")
+        with psycopg.connect(database_url, autocommit=True) as other:
+            other.execute("SET lock_timeout = '2s'")
+            assert store.migrate(other) == store.SCHEMA_VERSION

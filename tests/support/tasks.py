@@ -63,3 +63,24 @@ def hang() -> None:
 @handler
 def echo(**args: Any) -> dict[str, Any]:
     return args
+
+
+@handler
+def exit_now(how: str = "sys.exit") -> None:
+    """Raise what ends a Python program: the runner must treat it as a failure."""
+    if how == "keyboard":
+        raise KeyboardInterrupt
+    raise SystemExit(0)
+
+
+@handler
+def odd_result(kind: str) -> Any:
+    """Return a value that jsonb cannot store."""
+    values: dict[str, Any] = {
+        "nan": float("nan"),
+        "nul": "a\x00b",
+        "surrogate": "\ud800",
+        "set": {1, 2},
+        "huge": "y" * (2 << 20),
+    }
+    return values[kind]

@@ -86,6 +86,7 @@ def test_the_maintenance_scheduler_counts_in_utc(process_zone):
     settings = Settings(
         database_url="postgresql://127.0.0.1:1/unused",
         heartbeat_interval=3600,
+        stall_threshold=7200,
         rescue_interval=3600,
         prune_interval=3600,
     )
