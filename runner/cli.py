@@ -35,6 +35,13 @@ class _Context:
     imports: tuple[str, ...]
     _url: str | None = field(default=None, init=False)
 
+    @property
+    def embedded_dir(self) -> Path | None:
+        """The embedded server's data directory, when no database is configured."""
+        if self.database_url:
+            return None
+        return self.data_dir or embedded.default_data_dir()
+
     def url(self) -> str:
         """The database to use; starts the embedded one when none is configured."""
         if self._url is None:
@@ -180,6 +187,12 @@ def run(obj: _Context, /, queues: tuple[str, ...], **options: Any) -> None:
 
     registry = obj.registry()
     settings = Settings(database_url=obj.url(), queues=queues, **options)
+    if obj.embedded_dir is not None:
+        logger.info(
+            "using the embedded PostgreSQL in %s",
+            obj.embedded_dir,
+            extra={"action": "embedded_database"},
+        )
     try:
         metrics.serve(settings.metrics_host, settings.metrics_port)
     except OSError as exc:

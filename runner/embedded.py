@@ -63,11 +63,6 @@ def start(data_dir: Path) -> str:
                 f"cannot start the embedded PostgreSQL in {data_dir}: {exc}"
             ) from exc
         _servers[data_dir] = server
-        logger.info(
-            "using the embedded PostgreSQL in %s",
-            data_dir,
-            extra={"action": "embedded_database"},
-        )
     url: str = server.get_uri()
     with store.connect(url) as conn:
         store.migrate(conn)
