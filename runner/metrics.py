@@ -49,6 +49,10 @@ RECONNECTS = Counter(
     "runner_database_reconnects",
     "Times the runner lost its database connections and connected again.",
 )
+CONNECTION_FAILURES = Counter(
+    "runner_database_connection_failures",
+    "Times the job loop lost its database connections or failed to open them.",
+)
 RESCUED = Counter(
     "runner_jobs_rescued",
     "Jobs put back (or failed on their last attempt) because their runner died or "

@@ -30,7 +30,7 @@ from runner.errors import DatabaseError
 logger = logging.getLogger(__name__)
 
 # A sweep pass still unfinished this long after it started (seconds, at least) is
-# taken to have died with its runner, and another runner may start one.
+# taken to be dead even though its runner still heartbeats.
 SWEEP_MIN_LEASE = 60.0
 PRUNE_BATCH = 1000
 # Cap on batches per pruning pass, so one pass ends and the rest waits for the next.
@@ -109,14 +109,19 @@ class MaintenanceScheduler:
     ) -> Callable[[], None]:
         """Run `work` if this runner wins the sweep's slot for this interval."""
 
-        # A little under the interval, so a runner whose trigger fires a moment
-        # early is not turned away for a whole interval.
-        spacing = interval * 0.9
-        lease = max(SWEEP_MIN_LEASE, 2 * interval)
+        slot = store.SweepSlot(
+            name=name,
+            worker_id=self._worker.worker_id,
+            # A little under the interval, so a runner whose trigger fires a moment
+            # early is not turned away for a whole interval.
+            spacing=interval * 0.9,
+            stall_threshold=self._settings.stall_threshold,
+            lease=max(SWEEP_MIN_LEASE, 2 * interval),
+        )
 
         def run() -> None:
             conn = self._connection()
-            if not store.claim_sweep_slot(conn, name, spacing, lease):
+            if not store.claim_sweep_slot(conn, slot):
                 return
             succeeded = False
             try:
@@ -171,22 +176,7 @@ class MaintenanceScheduler:
 
     def rescue(self, conn: store.Connection) -> None:
         for job in store.rescue_stalled(conn, self._settings.stall_threshold):
-            metrics.RESCUED.labels(self._task_label(job.task)).inc()
-            if job.state == "failed":
-                metrics.JOBS.labels(self._task_label(job.task), "failed").inc()
-            logger.warning(
-                "job %s (%s) lost its runner during attempt %s; now %s",
-                job.id,
-                job.task,
-                job.attempts,
-                job.state,
-                extra={
-                    "action": "job_rescued",
-                    "job_id": job.id,
-                    "task": job.task,
-                    "attempt": job.attempts,
-                },
-            )
+            report_moved(job, self._task_label(job.task), "its runner went silent")
 
     def prune(self, conn: store.Connection) -> None:
         total = 0
@@ -200,3 +190,26 @@ class MaintenanceScheduler:
             logger.info(
                 "pruned %s finished jobs", total, extra={"action": "jobs_pruned"}
             )
+
+
+def report_moved(
+    job: store.MovedJob, task_label: str, cause: str, action: str = "job_rescued"
+) -> None:
+    """Count and log a job put back (or failed) because its attempt was cut off."""
+    metrics.RESCUED.labels(task_label).inc()
+    if job.state == "failed":
+        metrics.JOBS.labels(task_label, "failed").inc()
+    logger.warning(
+        "job %s (%s) lost attempt %s: %s; now %s",
+        job.id,
+        job.task,
+        job.attempts,
+        cause,
+        job.state,
+        extra={
+            "action": action,
+            "job_id": job.id,
+            "task": job.task,
+            "attempt": job.attempts,
+        },
+    )

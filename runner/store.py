@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -287,12 +288,29 @@ class WorkerStore:
         return cur.rowcount == 1
 
 
-def claim_sweep_slot(
-    conn: Connection, sweep: str, interval: float, lease: float
-) -> bool:
-    """Whether to run the sweep now: no runner started it within `interval` s, and
-    no pass is running (one that started `lease` s ago counts as dead)."""
-    params = {"sweep": sweep, "interval": interval, "lease": lease}
+@dataclass(frozen=True)
+class SweepSlot:
+    """How a runner claims a periodic sweep; every duration in seconds."""
+
+    name: str
+    worker_id: uuid.UUID
+    spacing: float
+    """No pass starts sooner than this after the last one started."""
+    stall_threshold: float
+    """A pass whose runner has been silent this long is dead."""
+    lease: float
+    """A pass still running this long after its start is dead."""
+
+
+def claim_sweep_slot(conn: Connection, slot: SweepSlot) -> bool:
+    """Whether to run the sweep now; see the query for the rules."""
+    params = {
+        "sweep": slot.name,
+        "worker_id": slot.worker_id,
+        "interval": slot.spacing,
+        "threshold": slot.stall_threshold,
+        "lease": slot.lease,
+    }
     with translate_errors():
         row = conn.execute(queries.query("sweep_claim_slot"), params).fetchone()
     return row is not None

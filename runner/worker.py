@@ -31,7 +31,7 @@ from runner.errors import (
 from runner.jobs import ClaimedJob
 from runner.listener import Listener
 from runner.registry import Handler, JobContext, Registry
-from runner.scheduler import MaintenanceScheduler
+from runner.scheduler import MaintenanceScheduler, report_moved
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +95,15 @@ class Worker:
             len(self.registry),
             extra={"action": "worker_starting", "worker_id": str(self.id)},
         )
-        started = False
+        started = lost = False
         delay = RECONNECT_FIRST_DELAY
         try:
             while not self._stopping:
                 try:
                     self._connect()
+                    if lost:
+                        metrics.RECONNECTS.inc()
+                        lost = False
                     if not started:
                         self._maintenance.start()
                         started = True
@@ -111,9 +114,10 @@ class Worker:
                     if self._stopping:
                         break
                     self._report_loop_error(exc, delay)
+                    metrics.CONNECTION_FAILURES.inc()
+                    lost = True
                     self._sleep(delay)
                     delay = min(delay * 2, RECONNECT_MAX_DELAY)
-                    metrics.RECONNECTS.inc()
         finally:
             if started:
                 self._maintenance.shutdown()
@@ -180,19 +184,11 @@ class Worker:
         """Put back the jobs still held by this identity: a lost connection cut them."""
         error = "the runner lost its database connection during execution"
         for job in self.store.requeue_lost(conn, error):
-            metrics.RESCUED.labels(self._task_label(job.task)).inc()
-            logger.warning(
-                "job %s (%s) was cut off by a lost connection in attempt %s; now %s",
-                job.id,
-                job.task,
-                job.attempts,
-                job.state,
-                extra={
-                    "action": "job_requeued",
-                    "job_id": job.id,
-                    "task": job.task,
-                    "attempt": job.attempts,
-                },
+            report_moved(
+                job,
+                self._task_label(job.task),
+                "the connection was lost",
+                action="job_requeued",
             )
 
     def _check_notifications(self, conn: store.Connection) -> None:

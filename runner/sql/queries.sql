@@ -165,15 +165,24 @@ WHERE w.last_seen_at < now() - make_interval(secs => %(threshold)s)
   );
 
 -- name: sweep_claim_slot
--- Start a sweep if no runner has started it within the interval and the last pass
--- has finished, or its runner has held it past the lease (it died mid-pass). The
--- row lock makes concurrent runners wait here, then see the slot taken.
-INSERT INTO runner.sweeps AS s (name, last_started_at)
-VALUES (%(sweep)s, now())
-ON CONFLICT (name) DO UPDATE SET last_started_at = now()
+-- Start a sweep if no runner has started it within the interval and no pass is
+-- running: the last one finished, or was this runner's own (its passes run one
+-- after another), or its runner has gone silent (it died mid-pass), or it has run
+-- past the lease. The row lock makes concurrent runners wait here, then see the
+-- slot taken.
+INSERT INTO runner.sweeps AS s (name, last_started_at, started_by)
+VALUES (%(sweep)s, now(), %(worker_id)s)
+ON CONFLICT (name) DO UPDATE
+SET last_started_at = now(), started_by = %(worker_id)s
 WHERE s.last_started_at <= now() - make_interval(secs => %(interval)s)
   AND (s.last_finished_at >= s.last_started_at
-       OR s.last_started_at <= now() - make_interval(secs => %(lease)s))
+       OR s.started_by = %(worker_id)s
+       OR s.last_started_at <= now() - make_interval(secs => %(lease)s)
+       OR NOT EXISTS (
+           SELECT 1 FROM runner.workers AS w
+           WHERE w.id = s.started_by
+             AND w.last_seen_at >= now() - make_interval(secs => %(threshold)s)
+       ))
 RETURNING name;
 
 -- name: sweep_finished

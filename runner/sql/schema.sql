@@ -137,6 +137,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS api_keys_replaces_key_id_key
 CREATE TABLE IF NOT EXISTS runner.sweeps (
     name text PRIMARY KEY,
     last_started_at timestamptz NOT NULL,
+    started_by uuid NOT NULL,
     last_finished_at timestamptz,
     last_succeeded_at timestamptz
 );

@@ -74,7 +74,9 @@ def test_kill_9_mid_job_then_restart_completes_it_exactly_once(conn, start_runne
     assert conn.execute(
         "SELECT count(*) FROM test_effects WHERE job_id = %s", (job_id,)
     ).fetchone() == (1,)
-    assert f"job {job_id} (record) lost its runner" in second.log()
+    assert (
+        f"job {job_id} (record) lost attempt 1: its runner went silent" in second.log()
+    )
 
 
 def test_a_dead_runner_on_its_last_attempt_fails_the_job(conn, start_runner):

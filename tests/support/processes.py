@@ -81,6 +81,7 @@ class RunnerProcess:
             cwd=REPO,
         )
         self._log_start = log_path.stat().st_size
+        self._signalled = False
 
     @property
     def pid(self) -> int:
@@ -100,10 +101,12 @@ class RunnerProcess:
         return self
 
     def signal(self, signum: int) -> None:
+        self._signalled = True
         self.proc.send_signal(signum)
 
     def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
+        """Wait for the runner to exit, sending SIGTERM unless a signal was sent."""
+        if self.proc.poll() is None and not self._signalled:
             self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
