@@ -156,7 +156,8 @@ def insert_job(
     }
     with translate_errors():
         row = conn.execute(queries.query("job_insert"), params).fetchone()
-    assert row is not None
+    if row is None:
+        raise DatabaseError("the job was not inserted")
     return int(row[0])
 
 

@@ -100,7 +100,7 @@ class Worker:
         try:
             while not self._stopping:
                 try:
-                    self._connect()
+                    conn = self._connect()
                     if lost:
                         metrics.RECONNECTS.inc()
                         lost = False
@@ -108,7 +108,7 @@ class Worker:
                         self._maintenance.start()
                         started = True
                     delay = RECONNECT_FIRST_DELAY
-                    self._serve()
+                    self._serve(conn)
                 except Exception as exc:
                     self._disconnect()
                     if self._stopping:
@@ -149,19 +149,22 @@ class Worker:
                 extra={"action": "worker_loop_crashed"},
             )
 
-    def _connect(self) -> None:
+    def _connect(self) -> store.Connection:
+        """Open the listening and the job connections; return the latter."""
         self._listener.connect()
-        metrics.LISTENER_CONNECTED.set(1)
         self._conn = self._open_worker_connection()
         self.store.heartbeat(self._conn)
         self._requeue_lost(self._conn)
         self._check_notifications(self._conn)
+        # Degraded, the listener has closed its connection.
+        metrics.LISTENER_CONNECTED.set(0 if self._degraded else 1)
         self._check_clock(self._conn)
         logger.info(
             "runner %s listening for jobs",
             self.id,
             extra={"action": "worker_listening", "worker_id": str(self.id)},
         )
+        return self._conn
 
     def _open_worker_connection(self) -> store.Connection:
         prepare = not self._pooled()
@@ -243,10 +246,8 @@ class Worker:
         """The task as a metric label: arbitrary names collapse into one."""
         return task if task in self.registry else metrics.UNKNOWN_TASK
 
-    def _serve(self) -> None:
+    def _serve(self, conn: store.Connection) -> None:
         """Claim and run jobs; wait for a notification when there are none."""
-        conn = self._conn
-        assert conn is not None
         while not self._stopping:
             job = self.store.claim(conn, self.settings.queues)
             if job is not None:
