@@ -113,7 +113,7 @@ WHERE id = %(id)s AND result ? %(field)s::text;
 -- Put back the running jobs whose runner has not shown it is alive within the
 -- threshold. The lost attempt stays counted; a job on its last attempt fails.
 WITH stalled AS (
-    SELECT j.id
+    SELECT j.id, j.claimed_by
     FROM runner.jobs AS j
     WHERE j.state = 'running'
       AND j.claimed_at < now() - make_interval(secs => %(threshold)s)
@@ -133,7 +133,9 @@ SET state = (CASE WHEN j.attempts >= j.max_attempts
                         j.attempts, j.max_attempts, j.claimed_by),
     updated_at = now(), claimed_by = NULL, claimed_at = NULL
 FROM stalled
-WHERE j.id = stalled.id AND j.state = 'running'
+-- Conditional on the state and claim read: a job that finished or changed hands
+-- meanwhile is left alone.
+WHERE j.id = stalled.id AND j.state = 'running' AND j.claimed_by = stalled.claimed_by
 RETURNING j.id, j.task, j.state::text, j.attempts;
 
 -- name: job_prune
