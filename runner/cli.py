@@ -143,13 +143,13 @@ def _seconds(
     "[env: RUNNER_QUEUES].",
 )
 @_seconds(
-    "poll-interval", 5.0, "Seconds between looks for work without a notification."
+    "poll-interval", 10.0, "Seconds between looks for work without a notification."
 )
 @_seconds("job-timeout", 600.0, "Seconds a handler may run unless it sets its own.")
 @_seconds("shutdown-grace", 25.0, "Seconds the current job may run on after SIGTERM.")
 @_seconds("retry-base-delay", 2.0, "Seconds before the first retry; doubles each time.")
 @_seconds("retry-max-delay", 3600.0, "Longest wait between retries, in seconds.")
-@_seconds("heartbeat-interval", 10.0, "Seconds between the runner's liveness records.")
+@_seconds("heartbeat-interval", 15.0, "Seconds between the runner's liveness records.")
 @_seconds(
     "stall-threshold",
     60.0,

@@ -17,7 +17,7 @@ class Settings:
     """A direct connection for LISTEN, when `database_url` goes through a pooler."""
     queues: tuple[str, ...] = ()
     """Queues to take jobs from; empty means all."""
-    poll_interval: float = 5.0
+    poll_interval: float = 10.0
     """Look for work at least this often, notification or not."""
     job_timeout: float = 600.0
     """Interrupt a handler that runs longer, unless it sets its own timeout."""
@@ -26,7 +26,7 @@ class Settings:
     30 s that platforms wait before SIGKILL."""
     retry_base_delay: float = 2.0
     retry_max_delay: float = 3600.0
-    heartbeat_interval: float = 10.0
+    heartbeat_interval: float = 15.0
     stall_threshold: float = 60.0
     """A running job whose runner has not been seen for this long is put back."""
     rescue_interval: float = 30.0

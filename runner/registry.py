@@ -15,6 +15,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib.metadata import entry_points
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Union, overload
@@ -69,23 +70,33 @@ class Handler:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.func(*args, **kwargs)
 
+    # Worked out once per handler: the runner checks every job's arguments.
+    @cached_property
+    def _arguments_signature(self) -> inspect.Signature:
+        """The signature of the job's arguments: the context parameter left out."""
+        signature = inspect.signature(self.func)
+        params = list(signature.parameters.values())
+        return signature.replace(
+            parameters=params[1:] if self.takes_context else params
+        )
+
+    @cached_property
+    def _type_hints(self) -> dict[str, Any]:
+        return _type_hints(self.func)
+
     def check_arguments(self, args: dict[str, Any]) -> None:
         """Raise InvalidArguments when `args` cannot be passed to the handler.
 
         Names must fit the signature; values must fit plain annotations (int, float,
         str, bool, list, dict, and their unions with None). Others are not checked.
         """
-        signature = inspect.signature(self.func)
-        params = list(signature.parameters.values())
-        if self.takes_context:
-            params = params[1:]
         try:
-            bound = signature.replace(parameters=params).bind(**args)
+            bound = self._arguments_signature.bind(**args)
         except TypeError as exc:
             raise InvalidArguments(
                 f"invalid arguments for {self.name!r}: {exc}"
             ) from None
-        hints = _type_hints(self.func)
+        hints = self._type_hints
         for name, value in bound.arguments.items():
             expected = hints.get(name)
             if expected is not None and not _fits(value, expected):

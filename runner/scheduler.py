@@ -73,7 +73,7 @@ class MaintenanceScheduler:
         s = self._settings
         self._add(self.heartbeat, "heartbeat", s.heartbeat_interval, "heartbeat")
         self._add(
-            self._sweep("rescuer", s.rescue_interval, self.rescue),
+            self._sweep("rescuer", s.rescue_interval, self.rescue, atomic=True),
             "rescuer",
             s.rescue_interval,
         )
@@ -105,9 +105,19 @@ class MaintenanceScheduler:
         )
 
     def _sweep(
-        self, name: str, interval: float, work: Callable[[store.Connection], None]
+        self,
+        name: str,
+        interval: float,
+        work: Callable[[store.Connection], None],
+        *,
+        atomic: bool = False,
     ) -> Callable[[], None]:
-        """Run `work` if this runner wins the sweep's slot for this interval."""
+        """Run `work` if this runner wins the sweep's slot for this interval.
+
+        An atomic sweep claims its slot, works and finishes in one transaction: one
+        commit per pass, which matters for a sweep that runs every few seconds on an
+        idle database.
+        """
 
         slot = store.SweepSlot(
             name=name,
@@ -119,8 +129,7 @@ class MaintenanceScheduler:
             lease=max(SWEEP_MIN_LEASE, 2 * interval),
         )
 
-        def run() -> None:
-            conn = self._connection()
+        def run_pass(conn: store.Connection) -> None:
             if not store.claim_sweep_slot(conn, slot):
                 return
             succeeded = False
@@ -130,6 +139,14 @@ class MaintenanceScheduler:
             finally:
                 store.record_sweep_finished(conn, name, succeeded=succeeded)
             metrics.SWEEP_LAST_SUCCESS.labels(name).set(time.time())
+
+        def run() -> None:
+            conn = self._connection()
+            if not atomic:
+                run_pass(conn)
+                return
+            with store.translate_errors(), conn.transaction():
+                run_pass(conn)
 
         return run
 

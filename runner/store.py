@@ -203,6 +203,14 @@ class MovedJob(NamedTuple):
     attempts: int
 
 
+def _claimed(row: tuple[Any, ...]) -> ClaimedJob | None:
+    """The job in the first six columns of a claim's row, if one was claimed."""
+    if row[0] is None:
+        return None
+    job_id, task, args, queue, attempts, max_attempts = row[:6]
+    return ClaimedJob(job_id, task, args, queue, attempts, max_attempts)
+
+
 class WorkerStore:
     """The queries one runner process runs, bound to its identity."""
 
@@ -224,28 +232,51 @@ class WorkerStore:
         with translate_errors():
             conn.execute(queries.query("worker_delete"), {"worker_id": self.worker_id})
 
-    def claim(self, conn: Connection, queues: tuple[str, ...]) -> ClaimedJob | None:
-        """Claim the next runnable job, or None when there is none."""
-        params: dict[str, Any] = {"worker_id": self.worker_id}
-        if queues:
-            name = "job_claim_in_queues"
-            params["queues"] = list(queues)
-        else:
-            name = "job_claim"
+    def claim(
+        self, conn: Connection, queues: tuple[str, ...]
+    ) -> tuple[ClaimedJob | None, float | None]:
+        """Claim the next runnable job from `queues` (all when empty).
+
+        Returns the job, or None and the seconds until the earliest queued job falls
+        due (None when no job is queued).
+        """
+        row = self._fetch(conn, "job_claim", self._queue_params(queues))
+        job = _claimed(row)
+        return job, (None if job is not None else row[6])
+
+    def succeed_and_claim(
+        self, conn: Connection, job_id: int, result: Any, queues: tuple[str, ...]
+    ) -> tuple[bool, ClaimedJob | None]:
+        """Record a success and claim the next job in one round trip.
+
+        Returns whether this runner still held the claim (False: the success was not
+        recorded), and the next job, if any.
+        """
+        params = {
+            **self._queue_params(queues),
+            "id": job_id,
+            "result": None if result is None else Jsonb(result),
+        }
+        row = self._fetch(conn, "job_succeed_and_claim", params)
+        return bool(row[6]), _claimed(row)
+
+    def _queue_params(self, queues: tuple[str, ...]) -> dict[str, Any]:
+        return {
+            "worker_id": self.worker_id,
+            "any_queue": not queues,
+            "queues": list(queues),
+        }
+
+    def _fetch(
+        self, conn: Connection, name: str, params: dict[str, Any]
+    ) -> tuple[Any, ...]:
         with translate_errors():
             row = conn.execute(
                 queries.query(name), params, prepare=self.prepare
             ).fetchone()
         if row is None:
-            return None
-        job_id, task, args, queue, attempts, max_attempts = row
-        return ClaimedJob(job_id, task, args, queue, attempts, max_attempts)
-
-    def next_run_in(self, conn: Connection) -> float | None:
-        """Seconds until the earliest queued job is due, or None when none is queued."""
-        with translate_errors():
-            row = conn.execute(queries.query("job_next_run_in")).fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+            raise DatabaseError(f"{name} returned no row")
+        return tuple(row)
 
     def succeed(self, conn: Connection, job_id: int, result: Any) -> bool:
         """Record success; False when this runner no longer holds the claim."""

@@ -77,6 +77,8 @@ class Worker:
         self._maintenance = MaintenanceScheduler(settings, self.store, self._task_label)
         # Polling stands in for notifications that do not arrive (see _connect).
         self._degraded = False
+        # A job claimed together with the last success, to run next.
+        self._next_job: ClaimedJob | None = None
 
     def stop(self) -> None:
         """Ask the loop to stop after the current job."""
@@ -249,16 +251,18 @@ class Worker:
     def _serve(self, conn: store.Connection) -> None:
         """Claim and run jobs; wait for a notification when there are none."""
         while not self._stopping:
-            job = self.store.claim(conn, self.settings.queues)
-            if job is not None:
-                self._run_job(conn, job)
+            # A success is recorded together with the claim of the next job.
+            job, self._next_job = self._next_job, None
+            if job is None:
+                job, due_in = self.store.claim(conn, self.settings.queues)
+            if job is None:
+                self._listener.wait(self._idle_timeout(due_in))
+                self._drain_wakeups()
                 continue
-            self._listener.wait(self._idle_timeout(conn))
-            self._drain_wakeups()
+            self._run_job(conn, job)
 
-    def _idle_timeout(self, conn: store.Connection) -> float:
+    def _idle_timeout(self, due_in: float | None) -> float:
         """How long to wait idle: the poll interval, or less when a job falls due."""
-        due_in = self.store.next_run_in(conn)
         if due_in is None:
             return self._poll_interval()
         return min(self._poll_interval(), max(due_in, 0.001))
@@ -338,10 +342,7 @@ class Worker:
                 result = self._run_in_transaction(conn, handler, ctx, job)
             else:
                 result = self._run_handler(handler, ctx, job)
-                if not self.store.succeed(
-                    conn, job.id, payloads.storable_result(result)
-                ):
-                    raise _ClaimLost
+                self._record_success(conn, job, result)
         except _ClaimLost:
             return self._claim_lost(job)
         except DatabaseUnavailable:
@@ -363,6 +364,20 @@ class Worker:
             extra=_job_extra("job_succeeded", job),
         )
         return "succeeded"
+
+    def _record_success(
+        self, conn: store.Connection, job: ClaimedJob, result: Any
+    ) -> None:
+        """Record a plain handler's success and, unless stopping, claim the next job."""
+        stored = payloads.storable_result(result)
+        if self._stopping:
+            owned = self.store.succeed(conn, job.id, stored)
+        else:
+            owned, self._next_job = self.store.succeed_and_claim(
+                conn, job.id, stored, self.settings.queues
+            )
+        if not owned:
+            raise _ClaimLost
 
     def _run_in_transaction(
         self, conn: store.Connection, handler: Handler, ctx: JobContext, job: ClaimedJob

@@ -10,44 +10,64 @@ VALUES (
 RETURNING id;
 
 -- name: job_claim
--- Claim the next runnable job: highest priority, then oldest. The attempt is
--- counted here, before the handler runs.
+-- Claim the next runnable job: highest priority, then oldest, from the runner's
+-- queues (or any queue). The attempt is counted here, before the handler runs. The queue test filters rows of the claim index, so it never changes the
+-- plan. When nothing is runnable, the one row returned says in how many seconds
+-- the earliest queued job falls due (NULL: none is queued).
 WITH next AS (
     SELECT id
     FROM runner.jobs
     WHERE state = 'queued' AND run_at <= now()
+      AND (%(any_queue)s OR queue = ANY(%(queues)s::text[]))
     ORDER BY priority DESC, run_at, id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE runner.jobs AS j
+    SET state = 'running', attempts = j.attempts + 1,
+        claimed_by = %(worker_id)s, claimed_at = now(), updated_at = now()
+    FROM next
+    WHERE j.id = next.id
+    RETURNING j.id, j.task, j.args, j.queue, j.attempts, j.max_attempts
 )
-UPDATE runner.jobs AS j
-SET state = 'running', attempts = j.attempts + 1,
-    claimed_by = %(worker_id)s, claimed_at = now(), updated_at = now()
-FROM next
-WHERE j.id = next.id
-RETURNING j.id, j.task, j.args, j.queue, j.attempts, j.max_attempts;
+SELECT c.id, c.task, c.args, c.queue, c.attempts, c.max_attempts,
+       CASE WHEN c.id IS NULL THEN (
+           SELECT extract(epoch FROM min(run_at) - now())::float8
+           FROM runner.jobs WHERE state = 'queued'
+       ) END AS next_due_in
+FROM (SELECT) AS one
+LEFT JOIN claimed AS c ON true;
 
--- name: job_claim_in_queues
-WITH next AS (
+-- name: job_succeed_and_claim
+-- Record a success and claim the next job in one round trip: job_succeed then
+-- job_claim, in one statement. `succeeded` is false when this runner no longer held
+-- the claim.
+WITH done AS (
+    UPDATE runner.jobs
+    SET state = 'succeeded', result = %(result)s, finished_at = now(),
+        updated_at = now(), claimed_by = NULL, claimed_at = NULL
+    WHERE id = %(id)s AND state = 'running' AND claimed_by = %(worker_id)s
+    RETURNING id
+), next AS (
     SELECT id
     FROM runner.jobs
-    WHERE state = 'queued' AND run_at <= now() AND queue = ANY(%(queues)s)
+    WHERE state = 'queued' AND run_at <= now()
+      AND (%(any_queue)s OR queue = ANY(%(queues)s::text[]))
     ORDER BY priority DESC, run_at, id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE runner.jobs AS j
+    SET state = 'running', attempts = j.attempts + 1,
+        claimed_by = %(worker_id)s, claimed_at = now(), updated_at = now()
+    FROM next
+    WHERE j.id = next.id
+    RETURNING j.id, j.task, j.args, j.queue, j.attempts, j.max_attempts
 )
-UPDATE runner.jobs AS j
-SET state = 'running', attempts = j.attempts + 1,
-    claimed_by = %(worker_id)s, claimed_at = now(), updated_at = now()
-FROM next
-WHERE j.id = next.id
-RETURNING j.id, j.task, j.args, j.queue, j.attempts, j.max_attempts;
-
--- name: job_next_run_in
--- Seconds until the earliest queued job becomes runnable (negative: it already is).
-SELECT extract(epoch FROM min(run_at) - now())::float8
-FROM runner.jobs
-WHERE state = 'queued';
+SELECT c.id, c.task, c.args, c.queue, c.attempts, c.max_attempts,
+       EXISTS (SELECT FROM done) AS succeeded
+FROM (SELECT) AS one
+LEFT JOIN claimed AS c ON true;
 
 -- name: job_succeed
 -- Every finishing write checks that this runner still holds the claim, so an attempt

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg
 import pytest
 
@@ -73,13 +75,11 @@ def test_the_claim_reads_only_runnable_rows(conn):
         "INSERT INTO runner.jobs (task) SELECT 'echo' FROM generate_series(1, 10)"
     )
     conn.execute("ANALYZE runner.jobs")
+    params = {"worker_id": uuid.uuid4(), "any_queue": True, "queues": []}
     plan = "\n".join(
         r[0]
         for r in conn.execute(
-            "EXPLAIN "
-            + store.queries.query("job_claim").replace(
-                "%(worker_id)s", "gen_random_uuid()"
-            )
+            "EXPLAIN " + store.queries.query("job_claim"), params
         ).fetchall()
     )
     assert "jobs_claim_idx" in plan, plan

@@ -43,14 +43,14 @@ def test_claims_skip_locked_rows_and_count_the_attempt(conn, database_url):
     first, second = (db.insert_job(conn, "echo") for _ in range(2))
     one, two = store.WorkerStore(uuid.uuid4()), store.WorkerStore(uuid.uuid4())
     with psycopg.connect(database_url) as other:
-        claimed = one.claim(other, ())
+        claimed, _ = one.claim(other, ())
         # Still uncommitted and locked: the second claim skips it.
         assert claimed is not None and claimed.id == first
-        also = two.claim(conn, ())
+        also, _ = two.claim(conn, ())
         assert also is not None and also.id == second
         other.commit()
     assert (claimed.attempt, also.attempt) == (1, 1)
-    assert two.claim(conn, ()) is None
+    assert two.claim(conn, ())[0] is None
     assert not one.succeed(conn, second, None), "a job held by another runner"
     assert two.succeed(conn, second, {"ok": True})
 
@@ -62,11 +62,12 @@ def test_claims_respect_queues_and_run_at(conn):
         "INSERT INTO runner.jobs (task, run_at) VALUES ('echo', now() + interval '1 h')"
         " RETURNING id"
     ).fetchone()[0]
-    assert worker.claim(conn, ("reports",)) is None
-    job = worker.claim(conn, ("mail",))
+    assert worker.claim(conn, ("reports",))[0] is None
+    job, _ = worker.claim(conn, ("mail",))
     assert job is not None and job.queue == "mail"
-    assert worker.claim(conn, ()) is None
-    assert 3590 < worker.next_run_in(conn) <= 3600
+    nothing, due_in = worker.claim(conn, ())
+    assert nothing is None
+    assert 3590 < due_in <= 3600
     assert db.job_state(conn, later) == "queued"
 
 
