@@ -46,6 +46,11 @@ class JobContext:
         """Run `callback` once the job's outcome has committed."""
         self._after_commit.append(callback)
 
+    def committed(self) -> None:
+        """Called by the worker once the job's outcome has committed."""
+        for callback in self._after_commit:
+            callback()
+
 
 @dataclass(frozen=True)
 class Handler:

@@ -355,8 +355,7 @@ class Worker:
             # Handlers that raise SystemExit or KeyboardInterrupt fail their attempt
             # like any other: only the runner's own signals stop the runner.
             return self._retry_or_fail(conn, job, _describe_error(exc))
-        for callback in ctx._after_commit:
-            callback()
+        ctx.committed()
         logger.info(
             "job %s (%s) succeeded",
             job.id,
