@@ -155,7 +155,13 @@ def claim_times(url: str, claims: int, warmup: int = 50) -> tuple[float, str]:
             str(row[0])
             for row in conn.execute(
                 "EXPLAIN " + query("job_claim"),
-                {"worker_id": worker.worker_id, "any_queue": True, "queues": []},
+                {
+                    "worker_id": worker.worker_id,
+                    "any_queue": True,
+                    "queues": [],
+                    "done_id": None,
+                    "result": None,
+                },
             )
         )
         index = (

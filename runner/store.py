@@ -240,9 +240,9 @@ class WorkerStore:
         Returns the job, or None and the seconds until the earliest queued job falls
         due (None when no job is queued).
         """
-        row = self._fetch(conn, "job_claim", self._queue_params(queues))
+        row = self._claim(conn, queues, None, None)
         job = _claimed(row)
-        return job, (None if job is not None else row[6])
+        return job, (None if job is not None else row[7])
 
     def succeed_and_claim(
         self, conn: Connection, job_id: int, result: Any, queues: tuple[str, ...]
@@ -252,30 +252,29 @@ class WorkerStore:
         Returns whether this runner still held the claim (False: the success was not
         recorded), and the next job, if any.
         """
-        params = {
-            **self._queue_params(queues),
-            "id": job_id,
-            "result": None if result is None else Jsonb(result),
-        }
-        row = self._fetch(conn, "job_succeed_and_claim", params)
+        row = self._claim(conn, queues, job_id, result)
         return bool(row[6]), _claimed(row)
 
-    def _queue_params(self, queues: tuple[str, ...]) -> dict[str, Any]:
-        return {
+    def _claim(
+        self,
+        conn: Connection,
+        queues: tuple[str, ...],
+        done_id: int | None,
+        result: Any,
+    ) -> tuple[Any, ...]:
+        params = {
             "worker_id": self.worker_id,
             "any_queue": not queues,
             "queues": list(queues),
+            "done_id": done_id,
+            "result": None if result is None else Jsonb(result),
         }
-
-    def _fetch(
-        self, conn: Connection, name: str, params: dict[str, Any]
-    ) -> tuple[Any, ...]:
         with translate_errors():
             row = conn.execute(
-                queries.query(name), params, prepare=self.prepare
+                queries.query("job_claim"), params, prepare=self.prepare
             ).fetchone()
         if row is None:
-            raise DatabaseError(f"{name} returned no row")
+            raise DatabaseError("the claim returned no row")
         return tuple(row)
 
     def succeed(self, conn: Connection, job_id: int, result: Any) -> bool:

@@ -11,42 +11,18 @@ RETURNING id;
 
 -- name: job_claim
 -- Claim the next runnable job: highest priority, then oldest, from the runner's
--- queues (or any queue). The attempt is counted here, before the handler runs. The queue test filters rows of the claim index, so it never changes the
--- plan. When nothing is runnable, the one row returned says in how many seconds
--- the earliest queued job falls due (NULL: none is queued).
-WITH next AS (
-    SELECT id
-    FROM runner.jobs
-    WHERE state = 'queued' AND run_at <= now()
-      AND (%(any_queue)s OR queue = ANY(%(queues)s::text[]))
-    ORDER BY priority DESC, run_at, id
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE runner.jobs AS j
-    SET state = 'running', attempts = j.attempts + 1,
-        claimed_by = %(worker_id)s, claimed_at = now(), updated_at = now()
-    FROM next
-    WHERE j.id = next.id
-    RETURNING j.id, j.task, j.args, j.queue, j.attempts, j.max_attempts
-)
-SELECT c.id, c.task, c.args, c.queue, c.attempts, c.max_attempts,
-       CASE WHEN c.id IS NULL THEN (
-           SELECT extract(epoch FROM min(run_at) - now())::float8
-           FROM runner.jobs WHERE state = 'queued'
-       ) END AS next_due_in
-FROM (SELECT) AS one
-LEFT JOIN claimed AS c ON true;
-
--- name: job_succeed_and_claim
--- Record a success and claim the next job in one round trip: job_succeed then
--- job_claim, in one statement. `succeeded` is false when this runner no longer held
--- the claim.
+-- queues (or any queue). The attempt is counted here, before the handler runs.
+-- Given the id of the job the runner just finished, the same statement first
+-- records its success (as job_succeed does), saving a round trip per job;
+-- `succeeded` says whether the runner still held that job's claim. The queue test
+-- filters rows of the claim index, so it never changes the plan. When nothing is
+-- claimed, `next_due_in` says in how many seconds the earliest queued job falls due
+-- (NULL: none is queued).
 WITH done AS (
     UPDATE runner.jobs
     SET state = 'succeeded', result = %(result)s, finished_at = now(),
         updated_at = now(), claimed_by = NULL, claimed_at = NULL
-    WHERE id = %(id)s AND state = 'running' AND claimed_by = %(worker_id)s
+    WHERE id = %(done_id)s AND state = 'running' AND claimed_by = %(worker_id)s
     RETURNING id
 ), next AS (
     SELECT id
@@ -65,7 +41,11 @@ WITH done AS (
     RETURNING j.id, j.task, j.args, j.queue, j.attempts, j.max_attempts
 )
 SELECT c.id, c.task, c.args, c.queue, c.attempts, c.max_attempts,
-       EXISTS (SELECT FROM done) AS succeeded
+       EXISTS (SELECT FROM done) AS succeeded,
+       CASE WHEN c.id IS NULL THEN (
+           SELECT extract(epoch FROM min(run_at) - now())::float8
+           FROM runner.jobs WHERE state = 'queued'
+       ) END AS next_due_in
 FROM (SELECT) AS one
 LEFT JOIN claimed AS c ON true;
 

@@ -64,7 +64,13 @@ def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
 def check_claim_plans(conn) -> None:
     """The claim reads the partial index, never the whole table, queues or not."""
     for name, any_queue in (("job_claim", True), ("job_claim", False)):
-        params = {"worker_id": ZERO_UUID, "any_queue": any_queue, "queues": ["default"]}
+        params = {
+            "worker_id": ZERO_UUID,
+            "any_queue": any_queue,
+            "queues": ["default"],
+            "done_id": None,
+            "result": None,
+        }
         (plan,) = conn.execute(
             "EXPLAIN (FORMAT JSON) " + query(name), params
         ).fetchone()[0]

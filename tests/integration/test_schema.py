@@ -75,7 +75,13 @@ def test_the_claim_reads_only_runnable_rows(conn):
         "INSERT INTO runner.jobs (task) SELECT 'echo' FROM generate_series(1, 10)"
     )
     conn.execute("ANALYZE runner.jobs")
-    params = {"worker_id": uuid.uuid4(), "any_queue": True, "queues": []}
+    params = {
+        "worker_id": uuid.uuid4(),
+        "any_queue": True,
+        "queues": [],
+        "done_id": None,
+        "result": None,
+    }
     plan = "\n".join(
         r[0]
         for r in conn.execute(
