@@ -59,6 +59,8 @@ class MaintenanceScheduler:
         self._worker = worker
         self._task_label = task_label
         self._local = _Connections()
+        # Tasks whose last run could not reach the database.
+        self._failing: set[str] = set()
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
             # The heartbeat has a thread of its own: a long sweep must never delay it.
@@ -151,22 +153,36 @@ class MaintenanceScheduler:
         return run
 
     def _guarded(self, func: Callable[[], None], name: str) -> Callable[[], None]:
+        """Run `func`, logging a database outage once, not at every interval."""
+
         def run() -> None:
             try:
                 func()
             except DatabaseError as exc:
-                logger.warning(
+                level = logging.DEBUG if name in self._failing else logging.WARNING
+                self._failing.add(name)
+                logger.log(
+                    level,
                     "%s could not reach the database: %s",
                     name,
                     exc,
                     extra={"action": f"{name}_failed"},
                 )
                 self._drop_connection()
+                return
             except Exception:
                 logger.exception(
                     "%s crashed", name, extra={"action": f"{name}_crashed"}
                 )
                 self._drop_connection()
+                return
+            if name in self._failing:
+                self._failing.discard(name)
+                logger.info(
+                    "%s reached the database again",
+                    name,
+                    extra={"action": f"{name}_recovered"},
+                )
 
         return run
 
