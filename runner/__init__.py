@@ -1,10 +1,18 @@
 """runner: a lightweight job runner on PostgreSQL.
 
-The public API: `handler` declares a handler, `enqueue` adds a job, `wait_for`
-waits for its outcome, `cancel` withdraws a job that has not started.
+The public API: `handler` declares a handler, `enqueue` adds a job and
+`enqueue_many` a batch of them, `wait_for` waits for a job's outcome, `cancel`
+withdraws a job that has not started.
 """
 
-from runner.client import cancel, database_url, enqueue, get_job, wait_for
+from runner.client import (
+    cancel,
+    database_url,
+    enqueue,
+    enqueue_many,
+    get_job,
+    wait_for,
+)
 from runner.errors import (
     ConfigurationError,
     DatabaseError,
@@ -37,6 +45,7 @@ __all__ = [
     "cancel",
     "database_url",
     "enqueue",
+    "enqueue_many",
     "get_job",
     "handler",
     "wait_for",

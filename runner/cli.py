@@ -159,6 +159,16 @@ def _seconds(
 @_seconds("prune-interval", 3600.0, "Seconds between sweeps that delete old jobs.")
 @_seconds("retention", 7 * 86400.0, "Seconds finished jobs are kept.")
 @click.option(
+    "--batch-size",
+    envvar="RUNNER_BATCH_SIZE",
+    type=click.IntRange(1, 10_000),
+    default=100,
+    show_default=True,
+    help="Most jobs claimed per round trip while jobs are fast; they still run one "
+    "at a time. 1 claims a job only once the one before it has finished "
+    "[env: RUNNER_BATCH_SIZE].",
+)
+@click.option(
     "--metrics-host",
     envvar="RUNNER_METRICS_HOST",
     default="127.0.0.1",

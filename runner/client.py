@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -15,6 +16,8 @@ from runner.registry import Handler, Registry, discover
 
 # PostgreSQL's integer range, for priorities and attempt counts.
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+# Jobs per statement of enqueue_many: bounds the size of one statement's parameters.
+INSERT_CHUNK = 5000
 
 
 @cache
@@ -51,37 +54,92 @@ def enqueue(
     given, or the task's in `registry`, by default the installed handlers) must
     accept `args`.
     """
-    args = {} if args is None else args
-    _check_options(args, queue, priority, max_attempts, delay)
+    options = store.JobOptions(queue, priority, max_attempts, delay, run_at)
+    name, checked = _checked(
+        task, [{} if args is None else args], options, registry, check
+    )
+    if conn is not None:
+        return store.insert_job(conn, name, checked[0], options)
+    url = embedded.resolve_database_url(database_url)
+    with store.connect(url, autocommit=True) as own:
+        return store.insert_job(own, name, checked[0], options)
+
+
+def enqueue_many(
+    task: str | Handler,
+    args: Iterable[dict[str, Any]],
+    *,
+    conn: store.Connection | None = None,
+    database_url: str | None = None,
+    queue: str = "default",
+    priority: int = 0,
+    max_attempts: int = 5,
+    delay: float = 0,
+    run_at: datetime | None = None,
+    registry: Registry | None = None,
+    check: bool = True,
+) -> list[int]:
+    """Enqueue a job of `task` per element of `args`, all with the same options;
+    return their ids, in the order of `args`.
+
+    All or none: every arguments object is checked before any job is inserted, and
+    the jobs are inserted in one transaction (the caller's, with `conn`). The other
+    parameters are those of `enqueue`.
+    """
+    options = store.JobOptions(queue, priority, max_attempts, delay, run_at)
+    name, checked = _checked(task, list(args), options, registry, check)
+    if conn is not None:
+        return _insert_chunks(conn, name, checked, options)
+    url = embedded.resolve_database_url(database_url)
+    with store.connect(url, autocommit=True) as own, own.transaction():
+        return _insert_chunks(own, name, checked, options)
+
+
+def _insert_chunks(
+    conn: store.Connection,
+    task: str,
+    args: list[dict[str, Any]],
+    options: store.JobOptions,
+) -> list[int]:
+    ids: list[int] = []
+    for start in range(0, len(args), INSERT_CHUNK):
+        chunk = args[start : start + INSERT_CHUNK]
+        ids += store.insert_jobs(conn, task, chunk, options)
+    return ids
+
+
+def _checked(
+    task: str | Handler,
+    args: list[Any],
+    options: store.JobOptions,
+    registry: Registry | None,
+    check: bool,
+) -> tuple[str, list[dict[str, Any]]]:
+    """The task's name and the arguments, once they and the options are valid."""
+    _check_options(options)
+    for one in args:
+        _check_args(one)
     if isinstance(task, Handler):
         handler: Handler | None = task
         task = task.name
     else:
         handler = (registry or installed_registry()).get(task) if check else None
     if check and handler is not None:
-        handler.check_arguments(args)
-    options: dict[str, Any] = {
-        "queue": queue,
-        "priority": priority,
-        "max_attempts": max_attempts,
-        "delay": delay,
-        "run_at": run_at,
-    }
-    if conn is not None:
-        return store.insert_job(conn, task, args, **options)
-    url = embedded.resolve_database_url(database_url)
-    with store.connect(url, autocommit=True) as own:
-        return store.insert_job(own, task, args, **options)
+        for one in args:
+            handler.check_arguments(one)
+    return task, args
 
 
-def _check_options(
-    args: object, queue: str, priority: int, max_attempts: int, delay: float
-) -> None:
+def _check_args(args: object) -> None:
     if not isinstance(args, dict):
         raise InvalidArguments("job arguments must be a JSON object")
     why = payloads.problem(args)
     if why is not None:
         raise InvalidArguments(f"job arguments must be JSON that can be stored: {why}")
+
+
+def _check_options(options: store.JobOptions) -> None:
+    queue, priority, max_attempts, delay, _ = options
     if not queue:
         raise InvalidArguments("the queue name must not be empty")
     if not _INT_MIN <= priority <= _INT_MAX:

@@ -33,6 +33,9 @@ class Settings:
     prune_interval: float = 3600.0
     retention: float = 7 * 24 * 3600.0
     """Finished jobs are deleted this long after they finished."""
+    batch_size: int = 100
+    """Claim at most this many jobs per round trip; they still run one at a time.
+    1 claims each job only when the one before it has finished."""
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
 
@@ -52,6 +55,8 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{_option(name)} must be more than 0")
+        if self.batch_size < 1:
+            raise ConfigurationError(f"{_option('batch_size')} must be at least 1")
         if self.stall_threshold < 2 * self.heartbeat_interval:
             # Any less, and a heartbeat a little late makes a live runner look dead.
             raise ConfigurationError(

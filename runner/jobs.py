@@ -44,6 +44,10 @@ class ClaimedJob:
     queue: str
     attempt: int
     max_attempts: int
+    waited: float = 0.0
+    """Seconds the job had been runnable when it was claimed."""
+    claimed_at: float = 0.0
+    """When it was claimed, on this process's monotonic clock."""
 
     @property
     def is_last_attempt(self) -> bool:

@@ -23,12 +23,38 @@ JOBS = Counter(
 )
 JOB_DURATION = Histogram(
     "runner_job_duration_seconds",
-    "Time spent running a job's handler and recording its outcome.",
+    "Time spent running a job's handler and recording its outcome (a plain "
+    "handler's success is recorded with the next claim, outside this time).",
     ["task"],
     buckets=(
         0.0005,
         0.001,
         0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1,
+        2.5,
+        5,
+        10,
+        30,
+        60,
+        300,
+    ),
+)
+PICKUP_LATENCY = Histogram(
+    "runner_job_pickup_latency_seconds",
+    "Time from a job becoming runnable (enqueued, or due) to its handler starting, "
+    "by task.",
+    ["task"],
+    buckets=(
+        0.0005,
+        0.001,
+        0.002,
         0.005,
         0.01,
         0.025,

@@ -8,11 +8,12 @@ that cannot be made or is lost raises `DatabaseUnavailable`, any other failure
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -133,32 +134,60 @@ def migrate(conn: Connection) -> int:
     return schema_version(conn) or SCHEMA_VERSION
 
 
+class JobOptions(NamedTuple):
+    """How a job is enqueued, besides its task and arguments."""
+
+    queue: str = "default"
+    priority: int = 0
+    max_attempts: int = 5
+    delay: float = 0
+    """Seconds from now until the job may run."""
+    run_at: datetime | None = None
+    """When the job may run; wins over `delay`."""
+
+
+DEFAULT_OPTIONS = JobOptions()
+
+
 def insert_job(
     conn: Connection,
     task: str,
     args: dict[str, Any],
-    *,
-    queue: str,
-    priority: int,
-    max_attempts: int,
-    delay: float,
-    run_at: datetime | None,
+    options: JobOptions = DEFAULT_OPTIONS,
 ) -> int:
     """Insert one job in the connection's current transaction; return its id."""
-    params = {
-        "task": task,
-        "args": Jsonb(args),
-        "queue": queue,
-        "priority": priority,
-        "max_attempts": max_attempts,
-        "delay": float(delay),
-        "run_at": run_at,
-    }
+    params = _insert_params(task, Jsonb(args), options)
     with translate_errors():
         row = conn.execute(queries.query("job_insert"), params).fetchone()
     if row is None:
         raise DatabaseError("the job was not inserted")
     return int(row[0])
+
+
+def insert_jobs(
+    conn: Connection,
+    task: str,
+    args: Sequence[dict[str, Any]],
+    options: JobOptions = DEFAULT_OPTIONS,
+) -> list[int]:
+    """Insert a job per element of `args`, with the same options, in one statement
+    of the connection's current transaction; return their ids in the same order."""
+    params = _insert_params(task, [Jsonb(a) for a in args], options)
+    with translate_errors():
+        rows = conn.execute(queries.query("job_insert_many"), params).fetchall()
+    if len(rows) != len(args):
+        raise DatabaseError("not every job was inserted")
+    # Identity values grow in insertion order, which is the order of `args`.
+    return sorted(int(row[0]) for row in rows)
+
+
+def _insert_params(task: str, args: Any, options: JobOptions) -> dict[str, Any]:
+    return {
+        "task": task,
+        "args": args,
+        **options._asdict(),
+        "delay": float(options.delay),
+    }
 
 
 def get_job(conn: Connection, job_id: int) -> dict[str, Any]:
@@ -203,12 +232,23 @@ class MovedJob(NamedTuple):
     attempts: int
 
 
-def _claimed(row: tuple[Any, ...]) -> ClaimedJob | None:
-    """The job in the first six columns of a claim's row, if one was claimed."""
-    if row[0] is None:
-        return None
-    job_id, task, args, queue, attempts, max_attempts = row[:6]
-    return ClaimedJob(job_id, task, args, queue, attempts, max_attempts)
+class Claim(NamedTuple):
+    """What one claim round trip brought back."""
+
+    jobs: list[ClaimedJob]
+    """The jobs claimed, in the order to run them."""
+    recorded: set[int]
+    """Of the successes passed in, those recorded: this runner still held them."""
+    due_in: float | None
+    """With no job claimed: seconds until the earliest queued job falls due (None:
+    no job is queued)."""
+
+
+def _claimed(row: tuple[Any, ...], now: float) -> ClaimedJob:
+    job_id, task, args, queue, attempts, max_attempts, waited = row[:7]
+    return ClaimedJob(
+        job_id, task, args, queue, attempts, max_attempts, waited or 0.0, now
+    )
 
 
 class WorkerStore:
@@ -216,17 +256,26 @@ class WorkerStore:
 
     def __init__(self, worker_id: uuid.UUID) -> None:
         self.worker_id = worker_id
+        self._hostname = socket.gethostname()
+        # When the runner last recorded that it is alive (monotonic clock). The job
+        # loop and the heartbeat thread both beat; each skips a beat the other made.
+        self._last_beat = -math.inf
         # Server-side prepared statements for the hot path; off behind a pooler.
         self.prepare = True
+
+    def heartbeat_due(self, within: float) -> bool:
+        """Whether the runner has not recorded that it is alive for `within` s."""
+        return time.monotonic() - self._last_beat >= within
 
     def heartbeat(self, conn: Connection) -> None:
         params = {
             "worker_id": self.worker_id,
-            "hostname": socket.gethostname(),
+            "hostname": self._hostname,
             "pid": os.getpid(),
         }
         with translate_errors():
             conn.execute(queries.query("worker_heartbeat"), params)
+        self._last_beat = time.monotonic()
 
     def unregister(self, conn: Connection) -> None:
         with translate_errors():
@@ -240,42 +289,45 @@ class WorkerStore:
         Returns the job, or None and the seconds until the earliest queued job falls
         due (None when no job is queued).
         """
-        row = self._claim(conn, queues, None, None)
-        job = _claimed(row)
-        return job, (None if job is not None else row[7])
+        claim = self.exchange(conn, queues, limit=1)
+        return (claim.jobs[0] if claim.jobs else None), claim.due_in
 
-    def succeed_and_claim(
-        self, conn: Connection, job_id: int, result: Any, queues: tuple[str, ...]
-    ) -> tuple[bool, ClaimedJob | None]:
-        """Record a success and claim the next job in one round trip.
-
-        Returns whether this runner still held the claim (False: the success was not
-        recorded), and the next job, if any.
-        """
-        row = self._claim(conn, queues, job_id, result)
-        return bool(row[6]), _claimed(row)
-
-    def _claim(
+    def exchange(
         self,
         conn: Connection,
         queues: tuple[str, ...],
-        done_id: int | None,
-        result: Any,
-    ) -> tuple[Any, ...]:
+        *,
+        limit: int,
+        done: Sequence[tuple[int, Any]] = (),
+        beat: bool = False,
+    ) -> Claim:
+        """Record the successes in `done` (job id, result), then claim up to
+        `limit` jobs from `queues` (all when empty), in one round trip; with `beat`,
+        also record that the runner is alive.
+        """
         params = {
             "worker_id": self.worker_id,
             "any_queue": not queues,
             "queues": list(queues),
-            "done_id": done_id,
-            "result": None if result is None else Jsonb(result),
+            "limit": limit,
+            "done_ids": [job_id for job_id, _ in done],
+            "results": [None if r is None else Jsonb(r) for _, r in done],
+            "beat": beat,
+            "hostname": self._hostname,
+            "pid": os.getpid(),
         }
         with translate_errors():
-            row = conn.execute(
+            rows = conn.execute(
                 queries.query("job_claim"), params, prepare=self.prepare
-            ).fetchone()
-        if row is None:
+            ).fetchall()
+        if not rows:
             raise DatabaseError("the claim returned no row")
-        return tuple(row)
+        now = time.monotonic()
+        if beat:
+            self._last_beat = now
+        first = rows[0]
+        jobs = [_claimed(row, now) for row in rows if row[0] is not None]
+        return Claim(jobs, set(first[7]), None if jobs else first[8])
 
     def succeed(self, conn: Connection, job_id: int, result: Any) -> bool:
         """Record success; False when this runner no longer holds the claim."""
@@ -299,16 +351,23 @@ class WorkerStore:
         params = {"id": job_id, "worker_id": self.worker_id, "error": error}
         return self._finish(conn, "job_fail", params)
 
-    def release(self, conn: Connection, error: str) -> list[MovedJob]:
-        """Put every job this runner holds back in the queue, attempt not counted."""
-        return self._move_held(conn, "job_release", error)
+    def release(
+        self, conn: Connection, error: str, ids: Sequence[int] | None = None
+    ) -> list[MovedJob]:
+        """Put back in the queue, attempts not counted, the jobs `ids` if this
+        runner holds them, or every job it holds."""
+        return self._move_held(
+            conn, "job_release", error, None if ids is None else list(ids)
+        )
 
     def requeue_lost(self, conn: Connection, error: str) -> list[MovedJob]:
         """Put back the jobs held when the connection was lost, attempt counted."""
         return self._move_held(conn, "job_requeue_lost", error)
 
-    def _move_held(self, conn: Connection, name: str, error: str) -> list[MovedJob]:
-        params = {"worker_id": self.worker_id, "error": error}
+    def _move_held(
+        self, conn: Connection, name: str, error: str, ids: list[int] | None = None
+    ) -> list[MovedJob]:
+        params = {"worker_id": self.worker_id, "error": error, "ids": ids}
         with translate_errors():
             rows = conn.execute(queries.query(name), params).fetchall()
         return [MovedJob(*row) for row in rows]

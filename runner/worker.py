@@ -15,8 +15,10 @@ import signal
 import time
 import traceback
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -44,6 +46,20 @@ DEGRADED_POLL_INTERVAL = 0.5
 CLOCK_SKEW_WARNING = 5.0
 # Error texts stored on a job are cut to this many characters.
 MAX_ERROR_LENGTH = 4000
+# A claim takes as many jobs as recent jobs suggest will run in about this many
+# seconds in all, up to the batch size setting: many fast jobs share a round trip,
+# while a slow job is never claimed far ahead of its turn.
+BATCH_BUDGET = 0.02
+# Jobs claimed ahead are handed back when their batch has been held this long
+# (seconds): a job ran much longer than those before it, and other runners may be
+# idle.
+BATCH_HOLD_LIMIT = 0.5
+# Successes waiting to be recorded with the next claim are recorded first when the
+# next job is expected to take longer than this (seconds), or is of a task not seen
+# yet.
+RECORD_BEFORE_SLOW = 0.005
+# Weight of the newest job in the running averages of job durations.
+PACE_WEIGHT = 0.2
 
 
 class _DeadlinePassed(KeyboardInterrupt):
@@ -56,6 +72,15 @@ class _DeadlinePassed(KeyboardInterrupt):
 
 class _ClaimLost(Exception):
     """The job was taken from this runner before its outcome was recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Success:
+    """A plain handler's success, to be recorded with the next claim."""
+
+    job: ClaimedJob
+    ctx: JobContext
+    result: Any
 
 
 class Worker:
@@ -77,8 +102,13 @@ class Worker:
         self._maintenance = MaintenanceScheduler(settings, self.store, self._task_label)
         # Polling stands in for notifications that do not arrive (see _connect).
         self._degraded = False
-        # A job claimed together with the last success, to run next.
-        self._next_job: ClaimedJob | None = None
+        # Jobs claimed and not started yet, in the order to run them.
+        self._ahead: deque[ClaimedJob] = deque()
+        # Successes of plain handlers not recorded yet: the next claim records them.
+        self._unrecorded: list[_Success] = []
+        # Running averages of seconds per job: of each task, and of all.
+        self._pace: dict[str, float] = {}
+        self._recent_pace: float | None = None
 
     def stop(self) -> None:
         """Ask the loop to stop after the current job."""
@@ -186,7 +216,13 @@ class Worker:
         return self._degraded or separate_listener
 
     def _requeue_lost(self, conn: store.Connection) -> None:
-        """Put back the jobs still held by this identity: a lost connection cut them."""
+        """Put back the jobs still held by this identity: a lost connection cut them.
+
+        The successes of before the loss are recorded first, and the jobs claimed
+        ahead, which never started, are handed back with their attempts not counted.
+        """
+        self._record_successes(conn)
+        self._hand_back(conn, "the runner lost its database connection", self._ahead)
         error = "the runner lost its database connection during execution"
         for job in self.store.requeue_lost(conn, error):
             report_moved(
@@ -251,15 +287,71 @@ class Worker:
     def _serve(self, conn: store.Connection) -> None:
         """Claim and run jobs; wait for a notification when there are none."""
         while not self._stopping:
-            # A success is recorded together with the claim of the next job.
-            job, self._next_job = self._next_job, None
-            if job is None:
-                job, due_in = self.store.claim(conn, self.settings.queues)
-            if job is None:
-                self._listener.wait(self._idle_timeout(due_in))
-                self._drain_wakeups()
-                continue
+            if not self._ahead:
+                claim = self._exchange(conn, self._batch_size())
+                if not claim.jobs:
+                    self._listener.wait(self._idle_timeout(claim.due_in))
+                    self._drain_wakeups()
+                    continue
+                self._ahead.extend(claim.jobs)
+            job = self._ahead.popleft()
+            if self._unrecorded and self._expect_slow(job.task):
+                self._record_successes(conn)
             self._run_job(conn, job)
+            if self._ahead and time.monotonic() - job.claimed_at > BATCH_HOLD_LIMIT:
+                self._record_successes(conn)
+                self._hand_back(conn, "held too long by a busy runner", self._ahead)
+
+    def _exchange(self, conn: store.Connection, limit: int) -> store.Claim:
+        """Record the pending successes and claim up to `limit` jobs."""
+        pending, self._unrecorded = self._unrecorded, []
+        beat = self.store.heartbeat_due(self.settings.heartbeat_interval / 2)
+        try:
+            claim = self.store.exchange(
+                conn,
+                self.settings.queues,
+                limit=limit,
+                done=[(s.job.id, s.result) for s in pending],
+                beat=beat,
+            )
+        except BaseException:
+            # Kept to be recorded once the runner has reconnected.
+            self._unrecorded = pending + self._unrecorded
+            raise
+        for success in pending:
+            self._report_success(success, success.job.id in claim.recorded)
+        return claim
+
+    def _record_successes(self, conn: store.Connection) -> None:
+        if self._unrecorded:
+            self._exchange(conn, 0)
+
+    def _hand_back(
+        self, conn: store.Connection, reason: str, jobs: deque[ClaimedJob]
+    ) -> None:
+        """Put back the jobs claimed ahead, their attempts not counted."""
+        if not jobs:
+            return
+        ids = [job.id for job in jobs]
+        self.store.release(conn, f"claimed but not started: {reason}", ids)
+        jobs.clear()
+
+    def _batch_size(self) -> int:
+        """How many jobs to claim: as many as fit the budget at the recent pace."""
+        limit = self.settings.batch_size
+        if limit == 1 or self._recent_pace is None:
+            return 1
+        return max(1, min(limit, int(BATCH_BUDGET / max(self._recent_pace, 1e-6))))
+
+    def _expect_slow(self, task: str) -> bool:
+        pace = self._pace.get(task)
+        return pace is None or pace > RECORD_BEFORE_SLOW
+
+    def _learn_pace(self, task: str, seconds: float) -> None:
+        old = self._pace.get(task)
+        self._pace[task] = seconds if old is None else _blend(old, seconds)
+        recent = self._recent_pace
+        self._recent_pace = seconds if recent is None else _blend(recent, seconds)
 
     def _idle_timeout(self, due_in: float | None) -> float:
         """How long to wait idle: the poll interval, or less when a job falls due."""
@@ -291,7 +383,9 @@ class Worker:
     def _shutdown(self) -> None:
         try:
             conn = self._conn or store.connect(self.settings.database_url, timeout=5)
+            self._record_successes(conn)
             error = "the runner stopped before it finished"
+            self._ahead.clear()
             for job in self.store.release(conn, error):
                 logger.warning(
                     "job %s put back in the queue, attempt not counted",
@@ -313,36 +407,39 @@ class Worker:
     # One job
 
     def _run_job(self, conn: store.Connection, job: ClaimedJob) -> None:
-        extra = {
-            "action": "job_started",
-            "job_id": job.id,
-            "task": job.task,
-            "attempt": job.attempt,
-        }
+        task_label = self._task_label(job.task)
+        metrics.PICKUP_LATENCY.labels(task_label).observe(
+            job.waited + time.monotonic() - job.claimed_at
+        )
         logger.info(
             "job %s (%s) started, attempt %s of %s",
             job.id,
             job.task,
             job.attempt,
             job.max_attempts,
-            extra=extra,
+            extra=_job_extra("job_started", job),
         )
         started = time.perf_counter()
-        task_label = self._task_label(job.task)
         outcome = self._attempt(conn, job)
-        metrics.JOBS.labels(task_label, outcome).inc()
-        metrics.JOB_DURATION.labels(task_label).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._learn_pace(job.task, elapsed)
+        metrics.JOB_DURATION.labels(task_label).observe(elapsed)
+        if outcome is not None:
+            metrics.JOBS.labels(task_label, outcome).inc()
 
-    def _attempt(self, conn: store.Connection, job: ClaimedJob) -> str:
-        """Run the handler and record how it ended; return the outcome's name."""
+    def _attempt(self, conn: store.Connection, job: ClaimedJob) -> str | None:
+        """Run the handler and record how it ended; return the outcome's name, or
+        None for a success that the next claim records."""
         ctx = JobContext(job.id, job.task, job.attempt, job.max_attempts, None)
         try:
             handler = self.registry.get(job.task)
             if handler.transactional:
-                result = self._run_in_transaction(conn, handler, ctx, job)
+                self._run_in_transaction(conn, handler, ctx, job)
             else:
                 result = self._run_handler(handler, ctx, job)
-                self._record_success(conn, job, result)
+                stored = payloads.storable_result(result)
+                self._unrecorded.append(_Success(job, ctx, stored))
+                return None
         except _ClaimLost:
             return self._claim_lost(job)
         except DatabaseUnavailable:
@@ -355,6 +452,18 @@ class Worker:
             # Handlers that raise SystemExit or KeyboardInterrupt fail their attempt
             # like any other: only the runner's own signals stop the runner.
             return self._retry_or_fail(conn, job, _describe_error(exc))
+        self._succeeded(ctx, job)
+        return "succeeded"
+
+    def _report_success(self, success: _Success, recorded: bool) -> None:
+        """Count and log a plain handler's success once the claim recorded it."""
+        job = success.job
+        outcome = "succeeded" if recorded else self._claim_lost(job)
+        metrics.JOBS.labels(self._task_label(job.task), outcome).inc()
+        if recorded:
+            self._succeeded(success.ctx, job)
+
+    def _succeeded(self, ctx: JobContext, job: ClaimedJob) -> None:
         ctx.committed()
         logger.info(
             "job %s (%s) succeeded",
@@ -362,21 +471,6 @@ class Worker:
             job.task,
             extra=_job_extra("job_succeeded", job),
         )
-        return "succeeded"
-
-    def _record_success(
-        self, conn: store.Connection, job: ClaimedJob, result: Any
-    ) -> None:
-        """Record a plain handler's success and, unless stopping, claim the next job."""
-        stored = payloads.storable_result(result)
-        if self._stopping:
-            owned = self.store.succeed(conn, job.id, stored)
-        else:
-            owned, self._next_job = self.store.succeed_and_claim(
-                conn, job.id, stored, self.settings.queues
-            )
-        if not owned:
-            raise _ClaimLost
 
     def _run_in_transaction(
         self, conn: store.Connection, handler: Handler, ctx: JobContext, job: ClaimedJob
@@ -395,6 +489,10 @@ class Worker:
 
     def _after_deadline(self, conn: store.Connection, job: ClaimedJob) -> str:
         if self._deadline_reason == "shutdown":
+            # Every job held goes back, this one and those claimed ahead; the
+            # successes before it are recorded first.
+            self._record_successes(conn)
+            self._ahead.clear()
             self.store.release(conn, "interrupted: the runner was stopping")
             logger.warning(
                 "job %s (%s) interrupted by shutdown; put back in the queue",
@@ -521,6 +619,10 @@ def _job_extra(action: str, job: ClaimedJob) -> dict[str, Any]:
         "task": job.task,
         "attempt": job.attempt,
     }
+
+
+def _blend(average: float, value: float) -> float:
+    return average + PACE_WEIGHT * (value - average)
 
 
 def _describe_error(exc: BaseException) -> str:

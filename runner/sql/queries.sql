@@ -9,28 +9,47 @@ VALUES (
 )
 RETURNING id;
 
+-- name: job_insert_many
+-- One job per element of `args`, all with the same options, in one statement: the
+-- insert trigger then notifies once. Ids follow the order of `args`.
+INSERT INTO runner.jobs (task, args, queue, priority, max_attempts, run_at)
+SELECT %(task)s, a.args, %(queue)s, %(priority)s, %(max_attempts)s,
+       coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay)s))
+FROM unnest(%(args)s::jsonb[]) WITH ORDINALITY AS a (args, n)
+ORDER BY a.n
+RETURNING id;
+
 -- name: job_claim
--- Claim the next runnable job: highest priority, then oldest, from the runner's
--- queues (or any queue). The attempt is counted here, before the handler runs.
--- Given the id of the job the runner just finished, the same statement first
--- records its success (as job_succeed does), saving a round trip per job;
--- `succeeded` says whether the runner still held that job's claim. The queue test
--- filters rows of the claim index, so it never changes the plan. When nothing is
--- claimed, `next_due_in` says in how many seconds the earliest queued job falls due
--- (NULL: none is queued).
+-- Claim up to `limit` runnable jobs: highest priority, then oldest, from the
+-- runner's queues (or any queue). Their attempts are counted here, before their
+-- handlers run. The same statement first records the successes the runner has not
+-- recorded yet (`done_ids` with their `results`), as job_succeed does, and
+-- returns in `recorded` the ids of those whose claim it still held; with `beat`,
+-- it also records that the runner is alive, as worker_heartbeat does. So a busy
+-- runner needs one round trip per batch of jobs, an idle one one per poll. The
+-- queue test filters rows of the claim index, so it never changes the plan. When
+-- nothing is claimed, `next_due_in` says in how many seconds the earliest queued
+-- job falls due (NULL: none is queued). `waited` is how long each job had been
+-- runnable.
 WITH done AS (
-    UPDATE runner.jobs
-    SET state = 'succeeded', result = %(result)s, finished_at = now(),
+    UPDATE runner.jobs AS j
+    SET state = 'succeeded', result = d.result, finished_at = now(),
         updated_at = now(), claimed_by = NULL, claimed_at = NULL
-    WHERE id = %(done_id)s AND state = 'running' AND claimed_by = %(worker_id)s
-    RETURNING id
+    FROM unnest(%(done_ids)s::bigint[], %(results)s::jsonb[]) AS d (id, result)
+    WHERE j.id = d.id AND j.state = 'running' AND j.claimed_by = %(worker_id)s
+    RETURNING j.id
+), beat AS (
+    INSERT INTO runner.workers (id, hostname, pid)
+    SELECT %(worker_id)s, %(hostname)s, %(pid)s
+    WHERE %(beat)s
+    ON CONFLICT (id) DO UPDATE SET last_seen_at = now()
 ), next AS (
     SELECT id
     FROM runner.jobs
     WHERE state = 'queued' AND run_at <= now()
       AND (%(any_queue)s OR queue = ANY(%(queues)s::text[]))
     ORDER BY priority DESC, run_at, id
-    LIMIT 1
+    LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE runner.jobs AS j
@@ -38,16 +57,19 @@ WITH done AS (
         claimed_by = %(worker_id)s, claimed_at = now(), updated_at = now()
     FROM next
     WHERE j.id = next.id
-    RETURNING j.id, j.task, j.args, j.queue, j.attempts, j.max_attempts
+    RETURNING j.id, j.task, j.args, j.queue, j.attempts, j.max_attempts,
+              j.priority, j.run_at
 )
 SELECT c.id, c.task, c.args, c.queue, c.attempts, c.max_attempts,
-       EXISTS (SELECT FROM done) AS succeeded,
-       CASE WHEN c.id IS NULL THEN (
+       extract(epoch FROM now() - c.run_at)::float8 AS waited,
+       (SELECT coalesce(array_agg(id), '{}') FROM done) AS recorded,
+       CASE WHEN c.id IS NULL AND %(limit)s > 0 THEN (
            SELECT extract(epoch FROM min(run_at) - now())::float8
            FROM runner.jobs WHERE state = 'queued'
        ) END AS next_due_in
 FROM (SELECT) AS one
-LEFT JOIN claimed AS c ON true;
+LEFT JOIN claimed AS c ON true
+ORDER BY c.priority DESC, c.run_at, c.id;
 
 -- name: job_succeed
 -- Every finishing write checks that this runner still holds the claim, so an attempt
@@ -71,12 +93,14 @@ SET state = 'failed', last_error = %(error)s, finished_at = now(), updated_at = 
 WHERE id = %(id)s AND state = 'running' AND claimed_by = %(worker_id)s;
 
 -- name: job_release
--- Hand an attempt cut short by shutdown back to the queue without counting it: the
--- runner is stopping, the job itself did not fail.
+-- Hand back to the queue, without counting their attempts, jobs whose handlers
+-- were cut short by shutdown or never started: the jobs themselves did not fail.
+-- `ids` NULL means every job the runner holds.
 UPDATE runner.jobs
 SET state = 'queued', attempts = greatest(attempts - 1, 0), last_error = %(error)s,
     updated_at = now(), claimed_by = NULL, claimed_at = NULL
 WHERE state = 'running' AND claimed_by = %(worker_id)s
+  AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
 RETURNING id, task, state::text, attempts;
 
 -- name: job_requeue_lost

@@ -79,8 +79,12 @@ def test_the_claim_reads_only_runnable_rows(conn):
         "worker_id": uuid.uuid4(),
         "any_queue": True,
         "queues": [],
-        "done_id": None,
-        "result": None,
+        "limit": 100,
+        "done_ids": [],
+        "results": [],
+        "beat": False,
+        "hostname": "test",
+        "pid": 1,
     }
     plan = "\n".join(
         r[0]
