@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from runner.queries import query
-from tests.support import observers
+from tests.support import db, observers
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,6 @@ QUEUED = 10_000
 RETENTION = 3600.0
 # The pruner's batch size and per-pass cap (runner.scheduler).
 PRUNE_BATCH = 1000
-ZERO_UUID = "00000000-0000-0000-0000-000000000000"
 
 
 def fill(conn) -> None:
@@ -64,13 +63,7 @@ def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
 def check_claim_plans(conn) -> None:
     """The claim reads the partial index, never the whole table, queues or not."""
     for name, any_queue in (("job_claim", True), ("job_claim", False)):
-        params = {
-            "worker_id": ZERO_UUID,
-            "any_queue": any_queue,
-            "queues": ["default"],
-            "done_id": None,
-            "result": None,
-        }
+        params = db.claim_params(any_queue=any_queue, queues=["default"])
         (plan,) = conn.execute(
             "EXPLAIN (FORMAT JSON) " + query(name), params
         ).fetchone()[0]

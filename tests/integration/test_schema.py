@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import psycopg
 import pytest
 
@@ -75,17 +73,7 @@ def test_the_claim_reads_only_runnable_rows(conn):
         "INSERT INTO runner.jobs (task) SELECT 'echo' FROM generate_series(1, 10)"
     )
     conn.execute("ANALYZE runner.jobs")
-    params = {
-        "worker_id": uuid.uuid4(),
-        "any_queue": True,
-        "queues": [],
-        "limit": 100,
-        "done_ids": [],
-        "results": [],
-        "beat": False,
-        "hostname": "test",
-        "pid": 1,
-    }
+    params = db.claim_params()
     plan = "\n".join(
         r[0]
         for r in conn.execute(

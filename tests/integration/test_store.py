@@ -135,3 +135,54 @@ def test_migrate_leaves_an_up_to_date_schema_alone(conn, database_url):
         with psycopg.connect(database_url, autocommit=True) as other:
             other.execute("SET lock_timeout = '2s'")
             assert store.migrate(other) == store.SCHEMA_VERSION
+
+
+def test_enqueue_many_inserts_in_order_with_one_notification(conn, database_url):
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute("LISTEN runner_jobs")
+        ids = runner.enqueue_many(
+            "echo",
+            [{"n": n} for n in range(7)],
+            database_url=database_url,
+            priority=3,
+            check=False,
+        )
+        assert len(list(listener.notifies(timeout=0.5))) == 1
+    rows = conn.execute(
+        "SELECT id, args, priority FROM runner.jobs ORDER BY id"
+    ).fetchall()
+    assert rows == [(job_id, {"n": n}, 3) for n, job_id in enumerate(ids)]
+
+
+def test_enqueue_many_inserts_nothing_when_one_element_is_bad(conn, database_url):
+    with pytest.raises(runner.InvalidArguments):
+        runner.enqueue_many(
+            "echo", [{"n": 1}, ["not", "an", "object"]], database_url=database_url
+        )
+    assert conn.execute("SELECT count(*) FROM runner.jobs").fetchone() == (0,)
+
+
+def test_enqueue_many_joins_the_callers_transaction(conn, database_url):
+    with psycopg.connect(database_url) as producer:
+        ids = runner.enqueue_many("echo", [{}] * 3, conn=producer, check=False)
+        producer.rollback()
+    assert len(ids) == 3
+    assert conn.execute("SELECT count(*) FROM runner.jobs").fetchone() == (0,)
+
+
+def test_a_claim_records_successes_and_takes_a_batch_in_order(conn):
+    worker = store.WorkerStore(uuid.uuid4())
+    low = db.insert_job(conn, "echo", priority=0)
+    high = [db.insert_job(conn, "echo", priority=5) for _ in range(3)]
+    claim = worker.exchange(conn, (), limit=3)
+    assert [job.id for job in claim.jobs] == high
+    other = store.WorkerStore(uuid.uuid4())
+    taken = other.exchange(conn, (), limit=10)
+    assert [job.id for job in taken.jobs] == [low]
+    # Of the successes passed, only those this runner still holds are recorded.
+    done = [(high[0], {"ok": 1}), (high[1], None), (low, {"stolen": True})]
+    claim = worker.exchange(conn, (), limit=0, done=done)
+    assert claim.recorded == {high[0], high[1]}
+    assert claim.jobs == [] and claim.due_in is None
+    assert db.job(conn, high[0])["result"] == {"ok": 1}
+    assert db.job_state(conn, low) == "running"

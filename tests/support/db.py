@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import psycopg
@@ -70,3 +71,18 @@ def insert_job(
     ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def claim_params(*, any_queue: bool = True, queues: list[str] | None = None) -> dict:
+    """Parameters of the `job_claim` query, for EXPLAIN: a claim of a full batch."""
+    return {
+        "worker_id": uuid.UUID(int=0),
+        "any_queue": any_queue,
+        "queues": queues or [],
+        "limit": 100,
+        "done_ids": [],
+        "results": [],
+        "beat": False,
+        "hostname": "test",
+        "pid": 1,
+    }

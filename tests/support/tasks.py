@@ -84,3 +84,11 @@ def odd_result(kind: str) -> Any:
         "huge": "y" * (2 << 20),
     }
     return values[kind]
+
+
+@handler(context=True)
+def note(ctx: JobContext, path: str, sleep: float = 0) -> None:
+    """Append the job's id to a file: a side effect outside the database."""
+    time.sleep(sleep)
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(f"{ctx.job_id}\n")
