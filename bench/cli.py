@@ -212,8 +212,7 @@ class Bench:
             "RUNNER_LOG_LEVEL=warning, so logging does not dominate.",
             "Drain rate: (jobs - 1) / (last finish - first finish), from each "
             "system's own timestamps (the runner clears claimed_at on success).",
-            "Batch enqueue: the runner has no batch API; measured as one "
-            "INSERT ... SELECT FROM unnest(jsonb[]) and as psycopg executemany.",
+            "Batch enqueue: one runner.enqueue_many call, connection included.",
             "Floor: pgbench (C client) and a psycopg loop, both one connection.",
             f"Each figure: median of {c.reps} run(s), with min and max.",
         ]
@@ -368,16 +367,10 @@ class Bench:
                 ours.enqueue_api,
             ),
             (
-                "batch_select",
-                "batch: one INSERT ... SELECT (psycopg)",
+                "batch",
+                "batch: runner.enqueue_many, one call",
                 c.batch_jobs,
-                ours.enqueue_batch_select,
-            ),
-            (
-                "batch_executemany",
-                "batch: executemany, one transaction",
-                c.batch_jobs,
-                ours.enqueue_batch_executemany,
+                ours.enqueue_batch,
             ),
         ]
         for key, name, count, measure in cases:

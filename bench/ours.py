@@ -14,7 +14,6 @@ from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 import runner
 from bench.procs import REPO, python_env
@@ -55,40 +54,13 @@ def enqueue_api(system: System, ws: Workspace, count: int) -> float:
         return count / (time.perf_counter() - started)
 
 
-def enqueue_batch_select(system: System, ws: Workspace, count: int) -> float:
-    """Jobs/s of one INSERT ... SELECT FROM unnest(jsonb[]) of `count` jobs and its
-    commit; the arguments are sent from the client, as a batch API would."""
-    args = [Jsonb({"n": n}) for n in range(count)]
-    with ws.database(system) as url, psycopg.connect(url, autocommit=True) as conn:
+def enqueue_batch(system: System, ws: Workspace, count: int) -> float:
+    """Jobs/s of one runner.enqueue_many call of `count` jobs, with its checks and
+    its commit."""
+    args = [{"n": n} for n in range(count)]
+    with ws.database(system) as url:
         started = time.perf_counter()
-        conn.execute(
-            "INSERT INTO runner.jobs (task, args)"
-            " SELECT 'noop', a FROM unnest(%s::jsonb[]) AS a",
-            (args,),
-        )
-        return count / (time.perf_counter() - started)
-
-
-def enqueue_batch_executemany(system: System, ws: Workspace, count: int) -> float:
-    """Jobs/s of psycopg's executemany of the runner's own insert, in one
-    transaction (psycopg pipelines the statements)."""
-    params = [
-        {
-            "task": "noop",
-            "args": Jsonb({"n": n}),
-            "queue": "default",
-            "priority": 0,
-            "max_attempts": 5,
-            "delay": 0.0,
-            "run_at": None,
-        }
-        for n in range(count)
-    ]
-    with ws.database(system) as url, psycopg.connect(url) as conn:
-        started = time.perf_counter()
-        with conn.cursor() as cur:
-            cur.executemany(query("job_insert"), params)
-        conn.commit()
+        runner.enqueue_many("noop", args, database_url=url)
         return count / (time.perf_counter() - started)
 
 
@@ -155,13 +127,7 @@ def claim_times(url: str, claims: int, warmup: int = 50) -> tuple[float, str]:
             str(row[0])
             for row in conn.execute(
                 "EXPLAIN " + query("job_claim"),
-                {
-                    "worker_id": worker.worker_id,
-                    "any_queue": True,
-                    "queues": [],
-                    "done_id": None,
-                    "result": None,
-                },
+                worker.claim_params((), limit=1),
             )
         )
         index = (

@@ -62,8 +62,7 @@ def plot(results: Results, path: Path) -> None:
         [
             ("enqueue.cli", "CLI"),
             ("enqueue.api", "Python API"),
-            ("enqueue.batch_select", "INSERT..SELECT"),
-            ("enqueue.batch_executemany", "executemany"),
+            ("enqueue.batch", "enqueue_many"),
         ],
         "Enqueue throughput (log scale)",
     )

@@ -305,17 +305,7 @@ class WorkerStore:
         `limit` jobs from `queues` (all when empty), in one round trip; with `beat`,
         also record that the runner is alive.
         """
-        params = {
-            "worker_id": self.worker_id,
-            "any_queue": not queues,
-            "queues": list(queues),
-            "limit": limit,
-            "done_ids": [job_id for job_id, _ in done],
-            "results": [None if r is None else Jsonb(r) for _, r in done],
-            "beat": beat,
-            "hostname": self._hostname,
-            "pid": os.getpid(),
-        }
+        params = self.claim_params(queues, limit=limit, done=done, beat=beat)
         with translate_errors():
             rows = conn.execute(
                 queries.query("job_claim"), params, prepare=self.prepare
@@ -328,6 +318,27 @@ class WorkerStore:
         first = rows[0]
         jobs = [_claimed(row, now) for row in rows if row[0] is not None]
         return Claim(jobs, set(first[7]), None if jobs else first[8])
+
+    def claim_params(
+        self,
+        queues: tuple[str, ...],
+        *,
+        limit: int,
+        done: Sequence[tuple[int, Any]] = (),
+        beat: bool = False,
+    ) -> dict[str, Any]:
+        """The parameters of the `job_claim` query; see `exchange`."""
+        return {
+            "worker_id": self.worker_id,
+            "any_queue": not queues,
+            "queues": list(queues),
+            "limit": limit,
+            "done_ids": [job_id for job_id, _ in done],
+            "results": [None if r is None else Jsonb(r) for _, r in done],
+            "beat": beat,
+            "hostname": self._hostname,
+            "pid": os.getpid(),
+        }
 
     def succeed(self, conn: Connection, job_id: int, result: Any) -> bool:
         """Record success; False when this runner no longer holds the claim."""

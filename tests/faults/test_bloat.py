@@ -63,7 +63,7 @@ def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
 def check_claim_plans(conn) -> None:
     """The claim reads the partial index, never the whole table, queues or not."""
     for name, any_queue in (("job_claim", True), ("job_claim", False)):
-        params = db.claim_params(any_queue=any_queue, queues=["default"])
+        params = db.claim_params(() if any_queue else ("default",))
         (plan,) = conn.execute(
             "EXPLAIN (FORMAT JSON) " + query(name), params
         ).fetchone()[0]

@@ -11,6 +11,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from handlers.rotate_key import create_key
+from runner import store
 
 
 def job(conn: psycopg.Connection[Any], job_id: int) -> dict[str, Any]:
@@ -73,16 +74,6 @@ def insert_job(
     return int(row[0])
 
 
-def claim_params(*, any_queue: bool = True, queues: list[str] | None = None) -> dict:
+def claim_params(queues: tuple[str, ...] = ()) -> dict[str, Any]:
     """Parameters of the `job_claim` query, for EXPLAIN: a claim of a full batch."""
-    return {
-        "worker_id": uuid.UUID(int=0),
-        "any_queue": any_queue,
-        "queues": queues or [],
-        "limit": 100,
-        "done_ids": [],
-        "results": [],
-        "beat": False,
-        "hostname": "test",
-        "pid": 1,
-    }
+    return store.WorkerStore(uuid.UUID(int=0)).claim_params(queues, limit=100)
