@@ -1,8 +1,9 @@
-"""A PostgreSQL server the fault tests fully control: stop it, restart it, read its log.
+"""A PostgreSQL server of our own, fully controlled: stop it, restart it, read its log.
 
-It runs the server binaries that the `pgserver` package ships, as an unprivileged
-user (PostgreSQL refuses to run as root), listening on a unix socket and on a free
-port of 127.0.0.1 (for a pooler in front of it).
+The fault tests and the benchmark run on it. It runs the server binaries that the
+`pgserver` package ships, as an unprivileged user (PostgreSQL refuses to run as
+root), listening on a unix socket and on a free port of 127.0.0.1 (for a pooler in
+front of it, and for clients that take only TCP).
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ with warnings.catch_warnings():
     from pgserver._commands import POSTGRES_BIN_PATH
 
 SERVER_USER = "pgserver"
+# Settings of every cluster: durability is not under test, speed is welcome.
+DEFAULT_SETTINGS = {
+    "max_connections": "200",
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "log_lock_waits": "on",
+    "deadlock_timeout": "200ms",
+}
 
 
 def free_port() -> int:
@@ -46,8 +56,14 @@ def _server_user() -> str | None:
 
 
 class Cluster:
-    def __init__(self) -> None:
+    """A throwaway cluster in a temporary directory; `settings` are added to, or
+    override, DEFAULT_SETTINGS."""
+
+    bin = POSTGRES_BIN_PATH
+
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
         self.user = _server_user()
+        self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
         # A directory the server's user can reach, whatever the caller's tmp is.
         self.base = Path(tempfile.mkdtemp(prefix="runner-cluster-", dir="/tmp"))
         self.base.chmod(0o755)
@@ -63,9 +79,9 @@ class Cluster:
                 shutil.chown(path, self.user, self.user)
         self._initdb()
 
-    def _run(self, program: str, *args: str, timeout: float = 60) -> None:
+    def _run(self, program: str, *args: str, timeout: float = 120) -> None:
         subprocess.run(
-            [str(POSTGRES_BIN_PATH / program), *args],
+            [str(self.bin / program), *args],
             check=True,
             capture_output=True,
             user=self.user,
@@ -88,13 +104,7 @@ class Cluster:
             "port": str(self.port),
             "listen_addresses": "'127.0.0.1'",
             "unix_socket_directories": f"'{self.socket_dir}'",
-            "max_connections": "200",
-            # Durability is not under test here; speed is welcome.
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
-            "log_lock_waits": "on",
-            "deadlock_timeout": "200ms",
+            **self.settings,
         }
         with (self.data / "postgresql.conf").open("a") as conf:
             for name, value in settings.items():
