@@ -7,6 +7,7 @@ arguments or results, so no secret can reach a label and cardinality stays bound
 from __future__ import annotations
 
 import logging
+from functools import cache
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -108,6 +109,28 @@ KEY_ROTATION_DURATION = Histogram(
     "runner_key_rotation_duration_seconds",
     "Time a key rotation takes, from locking the key to issuing its successor.",
 )
+
+
+class TaskMetrics:
+    """The job metrics of one task label, looked up once rather than per job."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        self.pickup = PICKUP_LATENCY.labels(task)
+        self.duration = JOB_DURATION.labels(task)
+        self._outcomes: dict[str, Counter] = {}
+
+    def count(self, outcome: str) -> None:
+        counter = self._outcomes.get(outcome)
+        if counter is None:
+            counter = self._outcomes[outcome] = JOBS.labels(self.task, outcome)
+        counter.inc()
+
+
+@cache
+def for_task(task_label: str) -> TaskMetrics:
+    """The metrics of a task label (a registered task, or UNKNOWN_TASK)."""
+    return TaskMetrics(task_label)
 
 
 def serve(host: str, port: int) -> None:

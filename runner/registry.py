@@ -89,12 +89,26 @@ class Handler:
     def _type_hints(self) -> dict[str, Any]:
         return _type_hints(self.func)
 
+    @cached_property
+    def _takes_anything(self) -> bool:
+        """Whether any arguments will do: the handler takes only `**kwargs`, not
+        annotated with a type to check, and has no `validate`."""
+        params = list(self._arguments_signature.parameters.values())
+        return (
+            self.validate is None
+            and len(params) == 1
+            and params[0].kind is inspect.Parameter.VAR_KEYWORD
+            and self._type_hints.get(params[0].name, Any) is Any
+        )
+
     def check_arguments(self, args: dict[str, Any]) -> None:
         """Raise InvalidArguments when `args` cannot be passed to the handler.
 
         Names must fit the signature; values must fit plain annotations (int, float,
         str, bool, list, dict, and their unions with None). Others are not checked.
         """
+        if self._takes_anything:
+            return
         try:
             bound = self._arguments_signature.bind(**args)
         except TypeError as exc:

@@ -407,10 +407,8 @@ class Worker:
     # One job
 
     def _run_job(self, conn: store.Connection, job: ClaimedJob) -> None:
-        task_label = self._task_label(job.task)
-        metrics.PICKUP_LATENCY.labels(task_label).observe(
-            job.waited + time.monotonic() - job.claimed_at
-        )
+        task_metrics = metrics.for_task(self._task_label(job.task))
+        task_metrics.pickup.observe(job.waited + time.monotonic() - job.claimed_at)
         logger.info(
             "job %s (%s) started, attempt %s of %s",
             job.id,
@@ -423,9 +421,9 @@ class Worker:
         outcome = self._attempt(conn, job)
         elapsed = time.perf_counter() - started
         self._learn_pace(job.task, elapsed)
-        metrics.JOB_DURATION.labels(task_label).observe(elapsed)
+        task_metrics.duration.observe(elapsed)
         if outcome is not None:
-            metrics.JOBS.labels(task_label, outcome).inc()
+            task_metrics.count(outcome)
 
     def _attempt(self, conn: store.Connection, job: ClaimedJob) -> str | None:
         """Run the handler and record how it ended; return the outcome's name, or
@@ -459,7 +457,7 @@ class Worker:
         """Count and log a plain handler's success once the claim recorded it."""
         job = success.job
         outcome = "succeeded" if recorded else self._claim_lost(job)
-        metrics.JOBS.labels(self._task_label(job.task), outcome).inc()
+        metrics.for_task(self._task_label(job.task)).count(outcome)
         if recorded:
             self._succeeded(success.ctx, job)
 

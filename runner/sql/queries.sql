@@ -36,7 +36,9 @@ WITH done AS (
     SET state = 'succeeded', result = d.result, finished_at = now(),
         updated_at = now(), claimed_by = NULL, claimed_at = NULL
     FROM unnest(%(done_ids)s::bigint[], %(results)s::jsonb[]) AS d (id, result)
-    WHERE j.id = d.id AND j.state = 'running' AND j.claimed_by = %(worker_id)s
+    -- The ANY() gives the plan a primary key lookup, whatever the table's size.
+    WHERE j.id = ANY(%(done_ids)s::bigint[]) AND j.id = d.id
+      AND j.state = 'running' AND j.claimed_by = %(worker_id)s
     RETURNING j.id
 ), beat AS (
     INSERT INTO runner.workers (id, hostname, pid)
@@ -55,8 +57,9 @@ WITH done AS (
     UPDATE runner.jobs AS j
     SET state = 'running', attempts = j.attempts + 1,
         claimed_by = %(worker_id)s, claimed_at = now(), updated_at = now()
-    FROM next
-    WHERE j.id = next.id
+    -- An array, not a join, so that the plan looks the rows up by primary key
+    -- rather than hashing the whole table.
+    WHERE j.id = ANY(ARRAY(SELECT id FROM next))
     RETURNING j.id, j.task, j.args, j.queue, j.attempts, j.max_attempts,
               j.priority, j.run_at
 )

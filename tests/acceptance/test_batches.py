@@ -56,7 +56,8 @@ def test_sigterm_hands_back_the_jobs_claimed_ahead_uncounted(
         check=False,
     )
     runner = start_runner(RUNNER_SHUTDOWN_GRACE="0.5")
-    wait_until(lambda: states(conn, slow)["running"] > 0, 60, "a slow job to start")
+    # Claimed ahead, a job is `running` before it starts: the log tells the start.
+    wait_until(lambda: "(record) started" in runner.log(), 60, "a slow job to start")
     # A job of a task not seen yet waits for the successes before it to be recorded.
     assert states(conn, fast) == {"succeeded": 300}
     runner.signal(signal.SIGTERM)
