@@ -30,7 +30,7 @@ from typing import Any, LiteralString
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from runner import queries, store
-from runner.errors import DatabaseError
+from runner.errors import DatabaseError, DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +130,17 @@ class QueueCollector:
     # On the flight's thread
 
     def _query(self) -> list[QueueDepth]:
+        reusing = self._conn is not None and not self._conn.closed
+        try:
+            return self._query_once()
+        except DatabaseUnavailable:
+            if not reusing:
+                raise
+        # The kept connection went stale (a server restart, an idle timeout): one
+        # more try on a new one, rather than a scrape that says the database is down.
+        return self._query_once()
+
+    def _query_once(self) -> list[QueueDepth]:
         conn = self._connection()
         milliseconds = str(round(self._statement_timeout * 1000))
         try:
@@ -140,7 +151,7 @@ class QueueCollector:
                 )
                 rows = conn.execute(_query("queue_depths")).fetchall()
         except Exception:
-            # Whatever failed, the next scrape starts from a new connection.
+            # Whatever failed, the next try starts from a new connection.
             self._conn = None
             conn.close()
             raise

@@ -133,6 +133,20 @@ def test_depths_by_queue_and_state(conn, database_url, make_collector):
     assert jobs(found, "done", "queued") is None
 
 
+def test_a_connection_cut_between_scrapes_is_replaced_within_the_next(
+    conn, database_url, make_collector
+):
+    collector = make_collector(database_url)
+    assert up(samples(collector)) == 1
+    cut = conn.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE application_name = 'runner collector'"
+    ).fetchone()
+    assert cut == (1,)
+
+    assert up(samples(collector)) == 1
+
+
 def test_many_queues_fold_into_a_bounded_number_of_labels():
     depths = [QueueDepth(f"q{n:02}", n, 0, 1, float(n)) for n in range(60)]
 
