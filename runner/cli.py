@@ -177,7 +177,7 @@ def _seconds(
     envvar="RUNNER_METRICS_HOST",
     default="127.0.0.1",
     show_default=True,
-    help="Address of the metrics endpoint [env: RUNNER_METRICS_HOST].",
+    help="Address of /metrics, /healthz and /readyz [env: RUNNER_METRICS_HOST].",
 )
 @click.option(
     "--metrics-port",
@@ -185,7 +185,8 @@ def _seconds(
     type=click.IntRange(0, 65535),
     default=9464,
     show_default=True,
-    help="Port of the metrics endpoint; 0 turns it off [env: RUNNER_METRICS_PORT].",
+    help="Port of /metrics, /healthz and /readyz; 0 turns them off "
+    "[env: RUNNER_METRICS_PORT].",
 )
 @click.option(
     "--listen-database-url",
