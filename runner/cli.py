@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from prometheus_client import REGISTRY
 
 from runner import client, embedded, logs, metrics, store
+from runner.collector import QueueCollector
 from runner.config import Settings
 from runner.delivery import Inbox, open_secret
 from runner.errors import InvalidArguments, RunnerError, WaitTimedOut
+from runner.health import Health
+from runner.http_server import HttpServer
 from runner.jobs import JobState
 from runner.registry import Registry, discover
 from runner.sealing import Recipient
@@ -173,7 +177,7 @@ def _seconds(
     envvar="RUNNER_METRICS_HOST",
     default="127.0.0.1",
     show_default=True,
-    help="Address of the metrics endpoint [env: RUNNER_METRICS_HOST].",
+    help="Address of /metrics, /healthz and /readyz [env: RUNNER_METRICS_HOST].",
 )
 @click.option(
     "--metrics-port",
@@ -181,7 +185,8 @@ def _seconds(
     type=click.IntRange(0, 65535),
     default=9464,
     show_default=True,
-    help="Port of the metrics endpoint; 0 turns it off [env: RUNNER_METRICS_PORT].",
+    help="Port of /metrics, /healthz and /readyz; 0 turns them off "
+    "[env: RUNNER_METRICS_PORT].",
 )
 @click.option(
     "--listen-database-url",
@@ -203,14 +208,32 @@ def run(obj: _Context, /, queues: tuple[str, ...], **options: Any) -> None:
             obj.embedded_dir,
             extra={"action": "embedded_database"},
         )
+    worker = Worker(settings, registry)
+    _serve_http(settings, worker.health)
+    worker.run()
+
+
+def _serve_http(settings: Settings, health: Health) -> None:
+    """Serve /metrics, /healthz and /readyz from a daemon thread; port 0: none."""
+    host, port = settings.metrics_host, settings.metrics_port
+    if port == 0:
+        return
     try:
-        metrics.serve(settings.metrics_host, settings.metrics_port)
+        server = HttpServer(host, port)
     except OSError as exc:
         raise RunnerError(
-            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
-            f"{exc.strerror}"
+            f"cannot serve metrics on {host}:{port}: {exc.strerror}"
         ) from exc
-    Worker(settings, registry).run()
+    REGISTRY.register(QueueCollector(settings.database_url))
+    server.add_route("/metrics", metrics.exposition)
+    health.add_routes(server)
+    server.start()
+    logger.info(
+        "serving /metrics, /healthz and /readyz on http://%s:%s",
+        host,
+        port,
+        extra={"action": "http_serving"},
+    )
 
 
 def _parse_value(text: str) -> Any:

@@ -1,17 +1,22 @@
-"""Prometheus metrics of the runner and its handlers.
+"""Prometheus metrics of the runner and its handlers, and the `/metrics` route.
 
-Labels only ever hold registered task names and fixed outcome words, never job
-arguments or results, so no secret can reach a label and cardinality stays bounded.
+Labels only ever hold registered task names, queue names (bounded in number, see
+runner.collector) and fixed words, never job arguments or results, so no secret
+can reach a label and cardinality stays bounded. The metrics of the queues are read
+from the database at scrape time by runner.collector.
 """
 
 from __future__ import annotations
 
-import logging
+import platform
 from functools import cache
+from http import HTTPStatus
+from importlib import metadata
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import choose_encoder
 
-logger = logging.getLogger(__name__)
+from runner.http_server import Request, Response
 
 # Task label for jobs whose task has no handler: the name itself is arbitrary input.
 UNKNOWN_TASK = "<unknown>"
@@ -78,7 +83,8 @@ RECONNECTS = Counter(
 )
 CONNECTION_FAILURES = Counter(
     "runner_database_connection_failures",
-    "Times the job loop lost its database connections or failed to open them.",
+    "Times the job loop lost its database connections, failed to open them, or "
+    "failed otherwise, and started over after a pause.",
 )
 RESCUED = Counter(
     "runner_jobs_rescued",
@@ -88,7 +94,8 @@ RESCUED = Counter(
 )
 LISTENER_CONNECTED = Gauge(
     "runner_listener_connected",
-    "1 while the listening connection is up, else 0.",
+    "1 while the listening connection is up; 0 while it is down, and while the "
+    "runner polls instead (see runner_notifications_degraded).",
 )
 NOTIFICATIONS_DEGRADED = Gauge(
     "runner_notifications_degraded",
@@ -97,7 +104,8 @@ NOTIFICATIONS_DEGRADED = Gauge(
 )
 SWEEP_LAST_SUCCESS = Gauge(
     "runner_sweep_last_success_timestamp_seconds",
-    "When this runner last completed each periodic sweep (Unix time).",
+    "When this runner last completed a pass of each periodic sweep (Unix time); "
+    "a pass runs on one runner at a time, so take the max across runners.",
     ["sweep"],
 )
 KEY_ROTATIONS = Counter(
@@ -133,14 +141,16 @@ def for_task(task_label: str) -> TaskMetrics:
     return TaskMetrics(task_label)
 
 
-def serve(host: str, port: int) -> None:
-    """Serve /metrics over HTTP in a daemon thread; port 0 turns it off."""
-    if port == 0:
-        return
-    start_http_server(port, addr=host)
-    logger.info(
-        "serving metrics on http://%s:%s/metrics",
-        host,
-        port,
-        extra={"action": "metrics_serving"},
-    )
+BUILD_INFO = Info(
+    "runner_build",
+    "The runner's version and the Python it runs on; the value is always 1.",
+)
+BUILD_INFO.info(
+    {"version": metadata.version("runner"), "python": platform.python_version()}
+)
+
+
+def exposition(request: Request) -> Response:
+    """The `/metrics` route: every metric, in the format the scraper asks for."""
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(HTTPStatus.OK, encode(REGISTRY), content_type)

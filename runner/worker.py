@@ -30,6 +30,7 @@ from runner.errors import (
     PermanentError,
     UnknownTask,
 )
+from runner.health import Health
 from runner.jobs import ClaimedJob
 from runner.listener import Listener
 from runner.registry import Handler, JobContext, Registry
@@ -109,6 +110,7 @@ class Worker:
         # Running averages of seconds per job: of each task, and of all.
         self._pace: dict[str, float] = {}
         self._recent_pace: float | None = None
+        self.health = Health()
 
     def stop(self) -> None:
         """Ask the loop to stop after the current job."""
@@ -148,6 +150,7 @@ class Worker:
                     self._report_loop_error(exc, delay)
                     metrics.CONNECTION_FAILURES.inc()
                     lost = True
+                    self.health.turned(delay, "reconnecting")
                     self._sleep(delay)
                     delay = min(delay * 2, RECONNECT_MAX_DELAY)
         finally:
@@ -190,6 +193,7 @@ class Worker:
         self._check_notifications(self._conn)
         # Degraded, the listener has closed its connection.
         metrics.LISTENER_CONNECTED.set(0 if self._degraded else 1)
+        self.health.connected(polling=self._degraded)
         self._check_clock(self._conn)
         logger.info(
             "runner %s listening for jobs",
@@ -287,6 +291,7 @@ class Worker:
     def _serve(self, conn: store.Connection) -> None:
         """Claim and run jobs; wait for a notification when there are none."""
         while not self._stopping:
+            self.health.turned(self._poll_interval(), "waiting for jobs")
             if not self._ahead:
                 claim = self._exchange(conn, self._batch_size())
                 if not claim.jobs:
@@ -376,6 +381,7 @@ class Worker:
     def _disconnect(self) -> None:
         self._listener.close()
         metrics.LISTENER_CONNECTED.set(0)
+        self.health.disconnected()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -564,6 +570,7 @@ class Worker:
         if self._stopping:
             seconds = min(seconds, self.settings.shutdown_grace)
             self._deadline_reason = "shutdown"
+        self.health.turned(seconds, "running a job")
         signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
         try:
             yield

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.support import db
+from tests.support import db, telemetry
 from tests.support.cluster import Cluster, free_port
 from tests.support.pgbouncer import PgBouncer
 from tests.support.processes import RunnerProcess, wait_until
@@ -74,6 +74,14 @@ def test_behind_a_transaction_pooler_the_runner_says_so_and_polls(
         assert "poll" in warning.lower()
         assert "RUNNER_LISTEN_DATABASE_URL" in warning
         assert gauge(runner, "runner_notifications_degraded") == 1
+        # Knowingly polling, the runner is ready; its queue metrics come through
+        # the pooler too.
+        ready = telemetry.get(runner.metrics_port, "/readyz")
+        assert ready == (
+            200,
+            {"status": "ready", "checks": {"database": "up", "listener": "polling"}},
+        )
+        assert gauge(runner, "runner_database_up") == 1
 
     with connect_through(pooled_url) as pooled:
         run_jobs(conn, pooled, runners)

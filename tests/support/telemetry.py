@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -55,3 +56,21 @@ def reconnect_delays(log: str) -> list[float]:
         assert match, f"no delay in {entry['message']!r}"
         delays.append(float(match.group(1)))
     return delays
+
+
+def get(port: int, path: str) -> tuple[int, Any]:
+    """GET an endpoint of a runner: the status, and the body (parsed when JSON)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            status, body, kind = (
+                r.status,
+                r.read().decode(),
+                r.headers.get_content_type(),
+            )
+    except urllib.error.HTTPError as exc:
+        status, body, kind = (
+            exc.code,
+            exc.read().decode(),
+            exc.headers.get_content_type(),
+        )
+    return int(status), (json.loads(body) if kind == "application/json" else body)
