@@ -530,7 +530,11 @@ def doctor(obj: _Context, listen_database_url: str | None) -> None:
 
 
 def _fail(message: str, status: int = 1) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    if logs.json_lines():
+        # Log collectors that read JSON lines would mangle a bare line.
+        logger.error("%s", message, extra={"action": "command_failed"})
+    else:
+        click.echo(f"error: {message}", err=True)
     sys.exit(status)
 
 
