@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
-from runner import client, embedded, logs, metrics, store
+from runner import cli_webhooks, client, embedded, logs, metrics, store
 from runner.config import Settings
 from runner.delivery import Inbox, open_secret
 from runner.errors import InvalidArguments, RunnerError, WaitTimedOut
@@ -494,6 +494,9 @@ def doctor(obj: _Context, listen_database_url: str | None) -> None:
         failed = failed or finding.level is Level.FAIL
     if failed:
         sys.exit(1)
+
+
+cli.add_command(cli_webhooks.webhooks)
 
 
 def _fail(message: str, status: int = 1) -> NoReturn:
