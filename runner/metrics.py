@@ -95,3 +95,15 @@ def serve(host: str, port: int) -> None:
         port,
         extra={"action": "metrics_serving"},
     )
+
+
+WEBHOOK_DELIVERIES = Counter(
+    "runner_webhook_deliveries",
+    "Webhook delivery attempts, by outcome (delivered, retried, failed, refused).",
+    ["outcome"],
+)
+WEBHOOK_DELIVERY_DURATION = Histogram(
+    "runner_webhook_delivery_duration_seconds",
+    "Time from sending a webhook request to its answer, or to its failure.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)

@@ -1,14 +1,19 @@
-"""Webhook registrations on a real PostgreSQL."""
+"""Webhook registrations and deliveries on a real PostgreSQL."""
 
 from __future__ import annotations
 
+import ipaddress
+
+import httpx
 import pytest
 
 from handlers import webhook_secrets, webhooks
-from handlers.destinations import AddressRefused, AllowList
+from handlers.destinations import AddressRefused, AllowList, Destination
+from handlers.send_webhook import _post
 from handlers.webhook_secrets import SecretBox
 from runner import store
 from tests.support import db
+from tests.support.receiver import receiving
 
 LOCAL = AllowList.parse("127.0.0.1/32")
 BOX = SecretBox(b"k" * 32)
@@ -72,3 +77,18 @@ def test_a_version_1_database_is_brought_forward(conn):
     assert webhooks.list_all(conn) == []
     assert rotations(conn) == []
     assert db.api_key(conn, key_id)["id"] == key_id
+
+
+def test_delivery_connects_to_the_checked_addresses_in_turn():
+    # A name that resolves nowhere: only the addresses given are used. The first
+    # refuses the connection (nothing listens on 127.0.0.2); the second answers.
+    with receiving() as receiver:
+        port = httpx.URL(receiver.url).port
+        destination = Destination(
+            httpx.URL(f"http://webhook.test:{port}/hooks/runner"),
+            (ipaddress.ip_address("127.0.0.2"), ipaddress.ip_address("127.0.0.1")),
+        )
+        status = _post(destination, {}, b"{}", 5.0, webhook_id=1)
+        (request,) = receiver.wait_for(1)
+    assert status == 200
+    assert request.headers["host"] == f"webhook.test:{port}"

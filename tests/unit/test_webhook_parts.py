@@ -1,15 +1,45 @@
-"""Webhook parts without a database: the address policy and sealed secrets."""
+"""Webhook parts without a database: signatures, the address policy, sealed secrets."""
 
 from __future__ import annotations
 
 import ipaddress
+import time
 
 import pytest
 
 from handlers import destinations, webhook_secrets
 from handlers.destinations import AddressRefused, AllowList
+from handlers.send_webhook import encode, sign
 from handlers.webhook_secrets import SecretBox
 from runner.errors import ConfigurationError, InvalidArguments, RunnerError
+from tests.support.receiver import verify
+
+EVENT = {
+    "id": "0b5d3c1e-7f1a-4c55-9a55-2f4f1e3b9d10",
+    "type": "api_key.rotated",
+    "project_id": 7,
+    "data": {"old_key_id": 1, "new_key_id": 2},
+}
+
+
+def test_the_signature_verifies_with_the_secret_only():
+    secret = webhook_secrets.new_secret()
+    body = encode(EVENT)
+    header = sign(secret, int(time.time()), body)
+    assert verify(secret, header, body)
+    assert not verify(webhook_secrets.new_secret(), header, body)
+    assert not verify(secret, header, body + b" ")
+
+
+def test_an_old_signature_is_refused_by_the_receiver():
+    secret = webhook_secrets.new_secret()
+    body = encode(EVENT)
+    assert not verify(secret, sign(secret, int(time.time()) - 3600, body), body)
+
+
+def test_the_body_does_not_depend_on_key_order():
+    shuffled = dict(reversed(list(EVENT.items())))
+    assert encode(shuffled) == encode(EVENT)
 
 
 @pytest.mark.parametrize(
