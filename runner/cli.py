@@ -325,6 +325,9 @@ def enqueue(
     if run_at is not None and run_at.tzinfo is None:
         run_at = run_at.replace(tzinfo=UTC)
     args = {**_json_args(args_json), **_pairs(arg_pairs), **_task_options(ctx.args)}
+    if task == "rotate_key":
+        # The rotation's audit record names who asked for it.
+        args.setdefault("requested_by", "cli")
     recipient = _recipient_for(task, args)
     registry = obj.registry()
     with store.connect(obj.url()) as conn:
