@@ -98,11 +98,14 @@ def check(url: str, allow: AllowList | None = None) -> Destination:
     host = parsed.host.rstrip(".")
     for address in addresses:
         if not (is_public(address) or allow.permits(host, address)):
-            raise AddressRefused(
-                f"webhook host {host} resolves to {address}, which is not a public "
-                f"address; add it to {ALLOW_ENV} to allow it"
-            )
+            raise AddressRefused(f"{_naming(host, address)}; {ALLOW_ENV} may allow it")
     return Destination(parsed, tuple(addresses))
+
+
+def _naming(host: str, address: IPAddress) -> str:
+    if host.strip("[]") == str(address):
+        return f"webhook address {address} is not a public address"
+    return f"webhook host {host} resolves to {address}, not a public address"
 
 
 def is_public(address: IPAddress) -> bool:

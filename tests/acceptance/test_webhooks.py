@@ -206,7 +206,7 @@ def test_a_refused_address_fails_at_once_without_connecting(
 
     job = delivery_of(conn, rotate(conn))
     assert (job["state"], job["attempts"]) == ("failed", 1)
-    assert "10.0.0.1, which is not a public address" in job["last_error"]
+    assert "webhook address 10.0.0.1 is not a public address" in job["last_error"]
     assert (
         telemetry.metric(port, "runner_webhook_deliveries_total", outcome="refused")
         == 1
