@@ -60,6 +60,8 @@ def check_secret(secret: str) -> None:
         )
 
 
+# TODO: secrets cannot be re-sealed under a new RUNNER_WEBHOOK_KEY; replacing a
+# leaked key means removing and adding every webhook again, with new secrets.
 class SecretBox:
     """Seals and opens signing secrets with the key from RUNNER_WEBHOOK_KEY."""
 
