@@ -8,6 +8,11 @@ backs this up when two rotations race).
 The successor's secret is generated here and stored only as a hash. It reaches the
 person who asked for the rotation only when they sent a one-time public key
 (`recipient`): then the job's result holds the secret sealed to that key.
+
+In the same transaction, a rotation that issues a successor records who asked for
+it in `control_plane.api_key_rotations` and enqueues the `api_key.rotated` event's
+delivery to each webhook of the key's project: a rotation that rolls back leaves
+neither, and one that commits is always announced.
 """
 
 from __future__ import annotations
@@ -15,13 +20,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import secrets
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, LiteralString
 
+from handlers.send_webhook import announce, new_event
 from runner import metrics
-from runner.errors import InvalidArguments, PermanentError
+from runner.errors import ConfigurationError, InvalidArguments, PermanentError
 from runner.queries import query
 from runner.registry import JobContext, handler
 from runner.sealing import public_key, seal
@@ -30,7 +38,14 @@ from runner.store import Connection
 logger = logging.getLogger(__name__)
 
 DEFAULT_GRACE_HOURS = 24.0
+# The longest grace period a rotation may ask for, unless MAX_GRACE_ENV says less
+# (or more): a leaked key should not stay valid for long after its rotation.
 MAX_GRACE_HOURS = 30 * 24.0
+MAX_GRACE_ENV = "RUNNER_ROTATION_MAX_GRACE_HOURS"
+# Who asked, when the job does not say: the Python API, or SQL.
+DEFAULT_REQUESTED_BY = "api"
+MAX_REQUESTED_BY_LENGTH = 200
+ROTATED_EVENT = "api_key.rotated"
 # Secrets are "rk_" and 43 URL-safe characters (256 random bits); the first
 # PREFIX_LENGTH characters are stored in clear to tell keys apart.
 SECRET_BYTES = 32
@@ -51,15 +66,43 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _check(key_id: int, grace_hours: float, recipient: str | None) -> None:
+def max_grace_hours() -> float:
+    """The configured maximum grace period, in hours."""
+    text = os.environ.get(MAX_GRACE_ENV)
+    if text is None:
+        return MAX_GRACE_HOURS
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigurationError(
+            f"{MAX_GRACE_ENV} must be a number of hours, 0 or more"
+        )
+    return value
+
+
+def _check(
+    key_id: int, grace_hours: float, recipient: str | None, requested_by: str
+) -> None:
     if key_id < 1:
         raise InvalidArguments(f"key_id must be a positive integer, not {key_id!r}")
-    if not (math.isfinite(grace_hours) and 0 <= grace_hours <= MAX_GRACE_HOURS):
+    if not (math.isfinite(grace_hours) and grace_hours >= 0):
         raise InvalidArguments(
-            f"grace_hours must be from 0 to {MAX_GRACE_HOURS:g}, not {grace_hours!r}"
+            f"grace_hours must be a number of hours, 0 or more, not {grace_hours!r}"
+        )
+    limit = max_grace_hours()
+    if grace_hours > limit:
+        raise InvalidArguments(
+            f"grace_hours {grace_hours:g} is longer than the maximum of {limit:g} "
+            f"hours ({MAX_GRACE_ENV})"
         )
     if recipient is not None:
         public_key(recipient)
+    if not requested_by.strip() or len(requested_by) > MAX_REQUESTED_BY_LENGTH:
+        raise InvalidArguments(
+            f"requested_by must be 1 to {MAX_REQUESTED_BY_LENGTH} characters"
+        )
 
 
 @handler("rotate_key", transactional=True, validate=_check)
@@ -68,13 +111,15 @@ def rotate_key(
     key_id: int,
     grace_hours: float = DEFAULT_GRACE_HOURS,
     recipient: str | None = None,
+    requested_by: str = DEFAULT_REQUESTED_BY,
 ) -> dict[str, Any]:
     """Issue a successor for an API key; the old key stays valid for a grace period."""
     if ctx.conn is None:
         raise RuntimeError("rotate_key must run in the job's transaction")
+    request = _Request(ctx.job_id, key_id, grace_hours, recipient, requested_by)
     started = time.perf_counter()
     try:
-        result = _rotate(ctx.conn, key_id, grace_hours, recipient)
+        result = _rotate(ctx.conn, request)
     except _KeyUnusable as exc:
         metrics.KEY_ROTATIONS.labels(exc.outcome).inc()
         raise
@@ -87,6 +132,15 @@ def rotate_key(
 
     ctx.after_commit(count)
     return result
+
+
+@dataclass(frozen=True)
+class _Request:
+    job_id: int
+    key_id: int
+    grace_hours: float
+    recipient: str | None
+    requested_by: str
 
 
 class _KeyUnusable(PermanentError):
@@ -125,13 +179,12 @@ def create_key(
     return int(row[0]), prefix, secret
 
 
-def _rotate(
-    conn: Connection, key_id: int, grace_hours: float, recipient: str | None
-) -> dict[str, Any]:
+def _rotate(conn: Connection, request: _Request) -> dict[str, Any]:
+    key_id = request.key_id
     key = conn.execute(_query("api_key_lock"), {"key_id": key_id}).fetchone()
     if key is None:
         raise _KeyUnusable(f"key {key_id} does not exist", "not_found")
-    project_id, key_type, scopes, rate_limit, expires_at, expired = key
+    project_id, old_prefix, key_type, scopes, rate_limit, expires_at, expired = key
 
     successor = conn.execute(_query("api_key_successor"), {"key_id": key_id}).fetchone()
     if successor is not None:
@@ -142,7 +195,7 @@ def _rotate(
             "expired",
         )
 
-    new_expiry = _expire_after(conn, key_id, grace_hours)
+    new_expiry = _expire_after(conn, key_id, request.grace_hours)
     new_id, prefix, secret = create_key(
         conn,
         project_id,
@@ -151,17 +204,50 @@ def _rotate(
         rate_limit=rate_limit,
         replaces_key_id=key_id,
     )
-    result: dict[str, Any] = {
-        "outcome": "rotated",
+    rotation = {
         "old_key_id": key_id,
+        "old_key_prefix": old_prefix,
         "new_key_id": new_id,
         "new_key_prefix": prefix,
         "old_key_expires_at": new_expiry.isoformat(),
-        "grace_hours": grace_hours,
     }
-    if recipient is not None:
-        result["sealed_secret"] = seal(recipient, secret)
+    result: dict[str, Any] = {
+        "outcome": "rotated",
+        **rotation,
+        "grace_hours": request.grace_hours,
+        "webhook_jobs": _record(conn, request, project_id, rotation, new_expiry),
+    }
+    if request.recipient is not None:
+        result["sealed_secret"] = seal(request.recipient, secret)
     return result
+
+
+def _record(
+    conn: Connection,
+    request: _Request,
+    project_id: int,
+    rotation: dict[str, Any],
+    new_expiry: datetime,
+) -> list[int]:
+    """Add the rotation to the audit trail and enqueue its announcements.
+
+    Both in the rotation's transaction: together with the new key, or not at all.
+    Returns the ids of the delivery jobs.
+    """
+    params = {
+        "project_id": project_id,
+        "old_key_id": request.key_id,
+        "new_key_id": rotation["new_key_id"],
+        "job_id": request.job_id,
+        "requested_by": request.requested_by,
+        "grace_hours": request.grace_hours,
+        "old_key_expires_at": new_expiry,
+    }
+    row = conn.execute(_query("api_key_rotation_insert"), params).fetchone()
+    if row is None:
+        raise RuntimeError("the rotation was not recorded")
+    # The event's time is the record's: the transaction's start, in database time.
+    return announce(conn, new_event(ROTATED_EVENT, project_id, rotation, row[0]))
 
 
 def _expire_after(conn: Connection, key_id: int, grace_hours: float) -> datetime:

@@ -94,6 +94,9 @@ def configure(fmt: str = "text", level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # APScheduler reports every run of every sweep at INFO.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # httpx logs every webhook request's URL at INFO, and some URLs carry tokens.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     # Warnings and crashes would otherwise reach stderr as bare, multi-line text.
     logging.captureWarnings(True)
     if _json_lines:

@@ -154,3 +154,15 @@ def exposition(request: Request) -> Response:
     """The `/metrics` route: every metric, in the format the scraper asks for."""
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(HTTPStatus.OK, encode(REGISTRY), content_type)
+
+
+WEBHOOK_DELIVERIES = Counter(
+    "runner_webhook_deliveries",
+    "Webhook delivery attempts, by outcome (delivered, retried, failed, refused).",
+    ["outcome"],
+)
+WEBHOOK_DELIVERY_DURATION = Histogram(
+    "runner_webhook_delivery_duration_seconds",
+    "Time from sending a webhook request to its answer, or to its failure.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)

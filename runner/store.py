@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 Connection = psycopg.Connection[Any]
 
 # The version that schema.sql brings a database to.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Serialises concurrent `runner migrate` runs; an arbitrary constant of the project.
 _MIGRATE_LOCK_KEY = 0x72756E6E6572  # "runner"
 
