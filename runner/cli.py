@@ -157,7 +157,10 @@ def _seconds(
 )
 @_seconds("rescue-interval", 30.0, "Seconds between sweeps for stalled jobs.")
 @_seconds("prune-interval", 3600.0, "Seconds between sweeps that delete old jobs.")
-@_seconds("retention", 7 * 86400.0, "Seconds finished jobs are kept.")
+@_seconds("retention", 7 * 86400.0, "Seconds succeeded jobs are kept.")
+@_seconds(
+    "failed-retention", 30 * 86400.0, "Seconds failed and cancelled jobs are kept."
+)
 @click.option(
     "--metrics-host",
     envvar="RUNNER_METRICS_HOST",

@@ -69,7 +69,7 @@ def test_migrate_twice_and_list_handlers(env):
     for _ in range(2):
         done = run_cli(env, "migrate")
         assert done.returncode == 0, done.stderr
-        assert "schema version 1" in done.stdout
+        assert "schema version 2" in done.stdout
     listed = run_cli(env, "handlers")
     names = [line.split()[0] for line in listed.stdout.splitlines()]
     assert {"noop", "rotate_key", "echo", "sleep"} <= set(names)
@@ -91,7 +91,7 @@ def test_doctor_reports_a_healthy_database(env, start_runner):
     lines = done.stdout.splitlines()
     assert all(line.split()[0] in ("ok", "warn") for line in lines), lines
     for text in (
-        "schema version 1",
+        "schema version 2",
         "notifications arrive",
         "claim index present",
         "jobs table",
@@ -104,7 +104,7 @@ def test_doctor_fails_on_a_database_without_the_schema(env, conn):
     conn.execute("DROP SCHEMA runner CASCADE")
     done = run_cli(env, "doctor")
     assert done.returncode == 1
-    assert "fail  schema version missing, expected 1: run `runner migrate`" in (
+    assert "fail  schema version missing, expected 2: run `runner migrate`" in (
         done.stdout
     )
 
