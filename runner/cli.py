@@ -19,6 +19,7 @@ from runner.config import Settings
 from runner.delivery import Inbox, open_secret
 from runner.errors import InvalidArguments, RunnerError, WaitTimedOut
 from runner.jobs import JobState
+from runner.jobs_cli import jobs
 from runner.registry import Registry, discover
 from runner.sealing import Recipient
 
@@ -497,6 +498,9 @@ def doctor(obj: _Context, listen_database_url: str | None) -> None:
         failed = failed or finding.level is Level.FAIL
     if failed:
         sys.exit(1)
+
+
+cli.add_command(jobs)
 
 
 def _fail(message: str, status: int = 1) -> NoReturn:

@@ -84,3 +84,11 @@ def odd_result(kind: str) -> Any:
         "huge": "y" * (2 << 20),
     }
     return values[kind]
+
+
+@handler
+def fail_until(path: str) -> dict[str, Any]:
+    """Fail until the file at `path` exists."""
+    if not os.path.exists(path):
+        raise RuntimeError(f"{path} does not exist yet")
+    return {"found": path}
