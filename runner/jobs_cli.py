@@ -196,13 +196,15 @@ def _echo_history(errors: list[dict[str, Any]]) -> None:
     if not errors:
         click.echo("\nno errors")
         return
-    click.echo("\nerrors, oldest first:")
+    click.echo("\nerror history, oldest first:")
     for entry in errors:
-        at = datetime.fromisoformat(entry["at"])
-        runner = entry["runner"] or "-"
-        lines = str(entry["error"]).splitlines() or [""]
-        click.echo(f"  attempt {entry['attempt']}  {_utc(at)}  runner {runner}")
-        for line in lines:
+        at = _utc(datetime.fromisoformat(entry["at"]))
+        if entry["runner"] is None:
+            # An operator's note, such as a retry by hand.
+            click.echo(f"  {at}  {entry['error']}")
+            continue
+        click.echo(f"  attempt {entry['attempt']}  {at}  runner {entry['runner']}")
+        for line in str(entry["error"]).splitlines():
             click.echo(f"    {line}")
 
 

@@ -70,7 +70,7 @@ def test_a_failed_job_shows_in_the_list_with_its_error_history(conn, env, start_
     shown = ok(env, "jobs", "show", str(failing))
     assert re.search(r"^state +failed$", shown, re.MULTILINE), shown
     assert re.search(r"^attempts +2 of 2$", shown, re.MULTILINE), shown
-    assert "errors, oldest first:" in shown
+    assert "error history, oldest first:" in shown
     runner = runner_id(conn)
     assert "attempt 1  " in shown and f"runner {runner}" in shown
     assert shown.count("RuntimeError: it broke") == 3  # last error and two attempts
