@@ -144,7 +144,10 @@ def _list_row(row: dict[str, Any], now: datetime) -> tuple[str, ...]:
 @_json_option
 @click.pass_obj
 def show(obj: _Database, job_id: int, as_json: bool) -> None:
-    """Show every field of a job and the errors of its attempts; secrets withheld."""
+    """Show every field of a job, and the error of each attempt.
+
+    Secrets in its arguments and result are withheld.
+    """
     with admin.connect(obj.url()) as conn:
         job = admin.job_detail(conn, job_id)
     if as_json:
@@ -212,7 +215,10 @@ def _echo_history(errors: list[dict[str, Any]]) -> None:
 @click.argument("job_id", type=int)
 @click.pass_obj
 def retry(obj: _Database, job_id: int) -> None:
-    """Put a failed or cancelled job back in the queue with a fresh set of attempts."""
+    """Requeue a failed or cancelled job, with a fresh set of attempts.
+
+    Its error history is kept.
+    """
     with admin.connect(obj.url()) as conn:
         attempts = admin.retry(conn, job_id)
     click.echo(f"job {job_id} queued again, with {attempts} attempts")
@@ -246,8 +252,10 @@ def cancel(obj: _Database, job_id: int) -> None:
 @_json_option
 @click.pass_obj
 def stats(obj: _Database, since: admin.Since, as_json: bool) -> None:
-    """Count jobs by state and task: queued and running ones, and those finished
-    since --since; and the wait of the oldest runnable job."""
+    """Count jobs by state and task; the wait of the oldest runnable one.
+
+    Queued and running jobs are all counted; finished ones since --since.
+    """
     with admin.connect(obj.url()) as conn:
         counts = admin.stats(conn, since)
     if as_json:
