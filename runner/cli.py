@@ -23,6 +23,7 @@ from runner.errors import InvalidArguments, RunnerError, WaitTimedOut
 from runner.health import Health
 from runner.http_server import HttpServer
 from runner.jobs import JobState
+from runner.jobs_cli import jobs
 from runner.registry import Registry, discover
 from runner.sealing import Recipient
 
@@ -161,7 +162,10 @@ def _seconds(
 )
 @_seconds("rescue-interval", 30.0, "Seconds between sweeps for stalled jobs.")
 @_seconds("prune-interval", 3600.0, "Seconds between sweeps that delete old jobs.")
-@_seconds("retention", 7 * 86400.0, "Seconds finished jobs are kept.")
+@_seconds("retention", 7 * 86400.0, "Seconds succeeded jobs are kept.")
+@_seconds(
+    "failed-retention", 30 * 86400.0, "Seconds failed and cancelled jobs are kept."
+)
 @click.option(
     "--batch-size",
     envvar="RUNNER_BATCH_SIZE",
@@ -533,6 +537,7 @@ def doctor(obj: _Context, listen_database_url: str | None) -> None:
 
 
 cli.add_command(cli_webhooks.webhooks)
+cli.add_command(jobs)
 
 
 def _fail(message: str, status: int = 1) -> NoReturn:

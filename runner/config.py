@@ -32,7 +32,10 @@ class Settings:
     rescue_interval: float = 30.0
     prune_interval: float = 3600.0
     retention: float = 7 * 24 * 3600.0
-    """Finished jobs are deleted this long after they finished."""
+    """Succeeded jobs are deleted this long after they finished."""
+    failed_retention: float = 30 * 24 * 3600.0
+    """Failed and cancelled jobs are deleted this long after they finished: longer by
+    default, so that they stay visible until someone has looked at them."""
     batch_size: int = 100
     """Claim at most this many jobs per round trip; they still run one at a time.
     1 claims each job only when the one before it has finished."""

@@ -7,6 +7,7 @@ Every error derives from `RunnerError`, grouped by what the caller can do:
     ├── DatabaseError           the database refused or failed a statement
     │   └── DatabaseUnavailable     it cannot be reached; try again later
     ├── JobNotFound             no job has that id
+    ├── JobStateConflict        the job's state does not allow what was asked
     ├── WaitTimedOut            a job did not finish within the time waited
     ├── UnknownTask             no handler is registered under that name
     └── JobError                raised by handlers: how one job attempt ended
@@ -35,6 +36,10 @@ class DatabaseUnavailable(DatabaseError):
 
 class JobNotFound(RunnerError):
     """No job has the requested id."""
+
+
+class JobStateConflict(RunnerError):
+    """The job's state does not allow the operation, such as retrying a running job."""
 
 
 class WaitTimedOut(RunnerError):

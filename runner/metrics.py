@@ -24,7 +24,7 @@ UNKNOWN_TASK = "<unknown>"
 JOBS = Counter(
     "runner_jobs",
     "Job attempts that ended, by task and outcome "
-    "(succeeded, retried, failed, released, lost).",
+    "(succeeded, retried, failed, cancelled, released, lost).",
     ["task", "outcome"],
 )
 JOB_DURATION = Histogram(

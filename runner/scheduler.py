@@ -1,9 +1,11 @@
 """The maintenance scheduler: periodic work beside the job loop, driven by APScheduler.
 
 - heartbeat: records that this runner is alive while a long handler runs (when the
-  job loop claims often enough, its claims record it instead);
+  job loop claims often enough, its claims record it instead), and learns which of
+  its jobs someone asked to cancel;
 - rescuer: puts back jobs whose runner went silent, counting the lost attempt;
-- pruner: deletes finished jobs past the retention, in bounded batches.
+- pruner: deletes finished jobs past their retention (one for succeeded jobs, one
+  for failed and cancelled ones), in bounded batches.
 
 Every runner schedules the sweeps, but a sweep starts only after claiming its slot
 in `runner.sweeps`, which no runner can claim twice within one interval: a sweep
@@ -27,6 +29,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from runner import metrics, store
 from runner.config import Settings
 from runner.errors import DatabaseError
+from runner.jobs import JobState
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +37,8 @@ logger = logging.getLogger(__name__)
 # taken to be dead even though its runner still heartbeats.
 SWEEP_MIN_LEASE = 60.0
 PRUNE_BATCH = 1000
-# Cap on batches per pruning pass, so one pass ends and the rest waits for the next.
+# Cap on batches per final state per pruning pass, so one pass ends and the rest
+# waits for the next.
 PRUNE_MAX_BATCHES = 100
 
 
@@ -55,10 +59,13 @@ class MaintenanceScheduler:
         settings: Settings,
         worker: store.WorkerStore,
         task_label: Callable[[str], str],
+        on_cancel_requested: Callable[[list[int]], None] | None = None,
     ) -> None:
         self._settings = settings
         self._worker = worker
         self._task_label = task_label
+        # Called from the heartbeat thread with the held jobs asked to cancel.
+        self._on_cancel_requested = on_cancel_requested
         self._local = _Connections()
         # Tasks whose last run could not reach the database.
         self._failing: set[str] = set()
@@ -206,26 +213,44 @@ class MaintenanceScheduler:
             conn.close()
 
     def heartbeat(self) -> None:
-        # Skipped while the job loop's claims record that the runner is alive.
-        if self._worker.heartbeat_due(self._settings.heartbeat_interval / 2):
-            self._worker.heartbeat(self._connection())
+        # Skipped while the job loop's claims record that the runner is alive: no
+        # job of this runner then runs long enough to need cancelling.
+        if not self._worker.heartbeat_due(self._settings.heartbeat_interval / 2):
+            return
+        cancel = self._worker.heartbeat(self._connection())
+        if cancel and self._on_cancel_requested is not None:
+            self._on_cancel_requested(cancel)
 
     def rescue(self, conn: store.Connection) -> None:
         for job in store.rescue_stalled(conn, self._settings.stall_threshold):
             report_moved(job, self._task_label(job.task), "its runner went silent")
 
     def prune(self, conn: store.Connection) -> None:
-        total = 0
-        for _ in range(PRUNE_MAX_BATCHES):
-            # One short transaction per batch: row locks are held only briefly.
-            deleted = store.prune_batch(conn, self._settings.retention, PRUNE_BATCH)
-            total += deleted
-            if deleted < PRUNE_BATCH:
-                break
+        s = self._settings
+        total = sum(
+            self._prune_state(conn, state, retention)
+            for state, retention in (
+                (JobState.SUCCEEDED, s.retention),
+                (JobState.FAILED, s.failed_retention),
+                (JobState.CANCELLED, s.failed_retention),
+            )
+        )
         if total:
             logger.info(
                 "pruned %s finished jobs", total, extra={"action": "jobs_pruned"}
             )
+
+    def _prune_state(
+        self, conn: store.Connection, state: JobState, retention: float
+    ) -> int:
+        total = 0
+        for _ in range(PRUNE_MAX_BATCHES):
+            # One short transaction per batch: row locks are held only briefly.
+            deleted = store.prune_batch(conn, retention, PRUNE_BATCH, state=state)
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                break
+        return total
 
 
 def report_moved(

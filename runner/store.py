@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 
 from runner import queries
 from runner.errors import DatabaseError, DatabaseUnavailable, JobNotFound
-from runner.jobs import ClaimedJob
+from runner.jobs import ClaimedJob, JobState
 
 logger = logging.getLogger(__name__)
 
@@ -267,15 +267,18 @@ class WorkerStore:
         """Whether the runner has not recorded that it is alive for `within` s."""
         return time.monotonic() - self._last_beat >= within
 
-    def heartbeat(self, conn: Connection) -> None:
+    def heartbeat(self, conn: Connection) -> list[int]:
+        """Record that this runner is alive; return the ids of the jobs it holds
+        whose cancellation was requested."""
         params = {
             "worker_id": self.worker_id,
             "hostname": self._hostname,
             "pid": os.getpid(),
         }
         with translate_errors():
-            conn.execute(queries.query("worker_heartbeat"), params)
+            rows = conn.execute(queries.query("worker_heartbeat"), params).fetchall()
         self._last_beat = time.monotonic()
+        return [int(row[0]) for row in rows]
 
     def unregister(self, conn: Connection) -> None:
         with translate_errors():
@@ -349,18 +352,31 @@ class WorkerStore:
         }
         return self._finish(conn, "job_succeed", params)
 
-    def retry(self, conn: Connection, job_id: int, error: str, delay: float) -> bool:
+    def retry(
+        self, conn: Connection, job_id: int, error: str, delay: float
+    ) -> str | None:
+        """Put the job back after `delay` seconds; return its state now (cancelled
+        when its cancellation was requested), None when the claim was lost."""
         params = {
             "id": job_id,
             "worker_id": self.worker_id,
             "error": error,
             "delay": delay,
         }
-        return self._finish(conn, "job_retry", params)
+        with translate_errors():
+            row = conn.execute(
+                queries.query("job_retry"), params, prepare=self.prepare
+            ).fetchone()
+        return None if row is None else str(row[0])
 
     def fail(self, conn: Connection, job_id: int, error: str) -> bool:
         params = {"id": job_id, "worker_id": self.worker_id, "error": error}
         return self._finish(conn, "job_fail", params)
+
+    def cancel_running(self, conn: Connection, job_id: int, error: str) -> bool:
+        """Record that the handler was stopped on request; False: the claim was lost."""
+        params = {"id": job_id, "worker_id": self.worker_id, "error": error}
+        return self._finish(conn, "job_cancel_running", params)
 
     def release(
         self, conn: Connection, error: str, ids: Sequence[int] | None = None
@@ -433,10 +449,12 @@ def rescue_stalled(conn: Connection, threshold: float) -> list[MovedJob]:
     return [MovedJob(*row) for row in rows]
 
 
-def prune_batch(conn: Connection, retention: float, batch: int) -> int:
-    """Delete up to `batch` jobs finished before the retention; return how many."""
+def prune_batch(
+    conn: Connection, retention: float, batch: int, *, state: JobState
+) -> int:
+    """Delete up to `batch` jobs in the final `state` that finished before the
+    retention; return how many."""
+    params = {"state": state.value, "retention": retention, "batch": batch}
     with translate_errors():
-        cur = conn.execute(
-            queries.query("job_prune"), {"retention": retention, "batch": batch}
-        )
+        cur = conn.execute(queries.query("job_prune"), params)
     return cur.rowcount

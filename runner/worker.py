@@ -2,7 +2,9 @@
 
 Handlers run in the main thread. Signals reach it in two ways: a Python handler sets
 flags (and interrupts an overdue handler), and `signal.set_wakeup_fd` writes to a
-pipe that the listener watches, so an idle wait ends at once.
+pipe that the listener watches, so an idle wait ends at once. A job someone asked to
+cancel is interrupted the same way as an overdue one: the heartbeat thread, which
+learns of the request, sends SIGUSR1 to the main thread.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import random
 import select
 import signal
+import threading
 import time
 import traceback
 import uuid
@@ -31,7 +34,7 @@ from runner.errors import (
     UnknownTask,
 )
 from runner.health import Health
-from runner.jobs import ClaimedJob
+from runner.jobs import ClaimedJob, JobState
 from runner.listener import Listener
 from runner.registry import Handler, JobContext, Registry
 from runner.scheduler import MaintenanceScheduler, report_moved
@@ -61,6 +64,8 @@ BATCH_HOLD_LIMIT = 0.5
 RECORD_BEFORE_SLOW = 0.005
 # Weight of the newest job in the running averages of job durations.
 PACE_WEIGHT = 0.2
+# The error recorded on a job whose handler was stopped on request.
+CANCELLED_ERROR = "cancelled on request while running"
 
 
 class _DeadlinePassed(KeyboardInterrupt):
@@ -93,6 +98,9 @@ class Worker:
         self._stopping = False
         self._in_handler = False
         self._deadline_reason = ""
+        # The job whose handler runs now, and the one whose cancellation was asked.
+        self._handler_job_id: int | None = None
+        self._cancel_job_id: int | None = None
         self._conn: store.Connection | None = None
         self._wakeup_r, self._wakeup_w = os.pipe()
         os.set_blocking(self._wakeup_r, False)
@@ -100,7 +108,9 @@ class Worker:
         self._listener = Listener(
             settings.listen_database_url or settings.database_url, self._wakeup_r
         )
-        self._maintenance = MaintenanceScheduler(settings, self.store, self._task_label)
+        self._maintenance = MaintenanceScheduler(
+            settings, self.store, self._task_label, self._request_cancel
+        )
         # Polling stands in for notifications that do not arrive (see _connect).
         self._degraded = False
         # Jobs claimed and not started yet, in the order to run them.
@@ -488,10 +498,12 @@ class Worker:
 
     def _run_handler(self, handler: Handler, ctx: JobContext, job: ClaimedJob) -> Any:
         timeout = handler.timeout or self.settings.job_timeout
-        with self._deadline(timeout):
+        with self._deadline(timeout, job.id):
             return handler.run(ctx, job.args)
 
     def _after_deadline(self, conn: store.Connection, job: ClaimedJob) -> str:
+        if self._deadline_reason == "cancel":
+            return self._cancelled(conn, job)
         if self._deadline_reason == "shutdown":
             # Every job held goes back, this one and those claimed ahead; the
             # successes before it are recorded first.
@@ -518,8 +530,20 @@ class Worker:
         if job.is_last_attempt:
             return self._fail(conn, job, error)
         delay = self._backoff(job.attempt)
-        if not self.store.retry(conn, job.id, error[:MAX_ERROR_LENGTH], delay):
+        state = self.store.retry(conn, job.id, error[:MAX_ERROR_LENGTH], delay)
+        if state is None:
             return self._claim_lost(job)
+        if state == JobState.CANCELLED:
+            logger.info(
+                "job %s (%s) failed attempt %s and is not retried: its cancellation "
+                "was requested: %s",
+                job.id,
+                job.task,
+                job.attempt,
+                _first_line(error),
+                extra=_job_extra("job_cancelled", job),
+            )
+            return "cancelled"
         logger.info(
             "job %s (%s) failed attempt %s of %s, retrying in %.1f s: %s",
             job.id,
@@ -544,6 +568,18 @@ class Worker:
         )
         return "failed"
 
+    def _cancelled(self, conn: store.Connection, job: ClaimedJob) -> str:
+        if not self.store.cancel_running(conn, job.id, CANCELLED_ERROR):
+            return self._claim_lost(job)
+        logger.info(
+            "job %s (%s) cancelled on request during attempt %s",
+            job.id,
+            job.task,
+            job.attempt,
+            extra=_job_extra("job_cancelled", job),
+        )
+        return "cancelled"
+
     def _claim_lost(self, job: ClaimedJob) -> str:
         logger.warning(
             "job %s (%s) was taken from this runner (its heartbeat went stale); this "
@@ -563,8 +599,9 @@ class Worker:
     # Deadlines and signals
 
     @contextmanager
-    def _deadline(self, seconds: float) -> Iterator[None]:
-        """Interrupt the block with _DeadlinePassed after `seconds`, or on shutdown."""
+    def _deadline(self, seconds: float, job_id: int) -> Iterator[None]:
+        """Interrupt the block with _DeadlinePassed after `seconds`, on shutdown, or
+        when the job's cancellation is requested."""
         self._deadline_reason = "timeout"
         self._in_handler = True
         if self._stopping:
@@ -573,9 +610,12 @@ class Worker:
         self.health.turned(seconds, "running a job")
         signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
         try:
+            # Set inside the try: a cancellation raised from here on is cleaned up.
+            self._handler_job_id = job_id
             yield
         finally:
             self._in_handler = False
+            self._handler_job_id = self._cancel_job_id = None
             signal.setitimer(signal.ITIMER_REAL, 0)
 
     def _install_signal_handlers(self) -> None:
@@ -583,6 +623,7 @@ class Worker:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGALRM, self._on_alarm)
+        signal.signal(signal.SIGUSR1, self._on_cancel_signal)
 
     def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -614,6 +655,32 @@ class Worker:
 
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
         if self._in_handler:
+            raise _DeadlinePassed
+
+    def _request_cancel(self, job_ids: list[int]) -> None:
+        """Stop the handler if its job is one of `job_ids`; runs in the heartbeat
+        thread, at every beat while the request stands."""
+        job_id = self._handler_job_id
+        if job_id is None or job_id not in job_ids:
+            return
+        if self._cancel_job_id != job_id:
+            logger.info(
+                "job %s: cancellation requested, stopping its handler",
+                job_id,
+                extra={"action": "job_cancel_requested", "job_id": job_id},
+            )
+        self._cancel_job_id = job_id
+        # Only a signal sent to the main thread interrupts a blocking call there;
+        # Python runs the signal handler in that thread.
+        main = threading.main_thread().ident
+        if main is not None:
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+    def _on_cancel_signal(self, signum: int, frame: FrameType | None) -> None:
+        # A request that arrives late, for a job already done, is ignored.
+        job_id = self._cancel_job_id
+        if self._in_handler and job_id is not None and job_id == self._handler_job_id:
+            self._deadline_reason = "cancel"
             raise _DeadlinePassed
 
 

@@ -83,24 +83,45 @@ SET state = 'succeeded', result = %(result)s, finished_at = now(), updated_at = 
 WHERE id = %(id)s AND state = 'running' AND claimed_by = %(worker_id)s;
 
 -- name: job_retry
+-- Back to the queue after the backoff; a job whose cancellation was requested is
+-- cancelled instead. Returns the state the job is now in.
 UPDATE runner.jobs
-SET state = 'queued', last_error = %(error)s,
+SET state = (CASE WHEN cancel_requested_at IS NULL
+                  THEN 'queued' ELSE 'cancelled' END)::runner.job_state,
+    finished_at = CASE WHEN cancel_requested_at IS NOT NULL THEN now() END,
+    last_error = %(error)s,
+    errors = runner.job_errors_append(errors, attempts, claimed_by, %(error)s),
     run_at = now() + make_interval(secs => %(delay)s), updated_at = now(),
     claimed_by = NULL, claimed_at = NULL
-WHERE id = %(id)s AND state = 'running' AND claimed_by = %(worker_id)s;
+WHERE id = %(id)s AND state = 'running' AND claimed_by = %(worker_id)s
+RETURNING state::text;
 
 -- name: job_fail
 UPDATE runner.jobs
-SET state = 'failed', last_error = %(error)s, finished_at = now(), updated_at = now(),
-    claimed_by = NULL, claimed_at = NULL
+SET state = 'failed', last_error = %(error)s,
+    errors = runner.job_errors_append(errors, attempts, claimed_by, %(error)s),
+    finished_at = now(), updated_at = now(), claimed_by = NULL, claimed_at = NULL
+WHERE id = %(id)s AND state = 'running' AND claimed_by = %(worker_id)s;
+
+-- name: job_cancel_running
+-- The runner stopped the handler of a job whose cancellation was requested.
+UPDATE runner.jobs
+SET state = 'cancelled', last_error = %(error)s,
+    errors = runner.job_errors_append(errors, attempts, claimed_by, %(error)s),
+    finished_at = now(), updated_at = now(), claimed_by = NULL, claimed_at = NULL
 WHERE id = %(id)s AND state = 'running' AND claimed_by = %(worker_id)s;
 
 -- name: job_release
 -- Hand back to the queue, without counting their attempts, jobs whose handlers
 -- were cut short by shutdown or never started: the jobs themselves did not fail.
--- `ids` NULL means every job the runner holds.
+-- `ids` NULL means every job the runner holds. A job whose cancellation was
+-- requested is cancelled instead.
 UPDATE runner.jobs
-SET state = 'queued', attempts = greatest(attempts - 1, 0), last_error = %(error)s,
+SET state = (CASE WHEN cancel_requested_at IS NULL
+                  THEN 'queued' ELSE 'cancelled' END)::runner.job_state,
+    finished_at = CASE WHEN cancel_requested_at IS NOT NULL THEN now() END,
+    attempts = greatest(attempts - 1, 0), last_error = %(error)s,
+    errors = runner.job_errors_append(errors, attempts, claimed_by, %(error)s),
     updated_at = now(), claimed_by = NULL, claimed_at = NULL
 WHERE state = 'running' AND claimed_by = %(worker_id)s
   AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
@@ -108,19 +129,25 @@ RETURNING id, task, state::text, attempts;
 
 -- name: job_requeue_lost
 -- Put back the jobs this runner held when it lost its connection. The attempt was
--- spent, so it stays counted, and a job on its last attempt fails.
+-- spent, so it stays counted, and a job on its last attempt fails; a job whose
+-- cancellation was requested is cancelled.
 UPDATE runner.jobs
-SET state = (CASE WHEN attempts >= max_attempts
-                  THEN 'failed' ELSE 'queued' END)::runner.job_state,
-    finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
-    last_error = %(error)s, updated_at = now(), claimed_by = NULL, claimed_at = NULL
+SET state = (CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                  WHEN attempts >= max_attempts THEN 'failed'
+                  ELSE 'queued' END)::runner.job_state,
+    finished_at = CASE WHEN cancel_requested_at IS NOT NULL
+                         OR attempts >= max_attempts THEN now() END,
+    last_error = %(error)s,
+    errors = runner.job_errors_append(errors, attempts, claimed_by, %(error)s),
+    updated_at = now(), claimed_by = NULL, claimed_at = NULL
 WHERE state = 'running' AND claimed_by = %(worker_id)s
 RETURNING id, task, state::text, attempts;
 
 -- name: job_cancel
 -- Withdraw a job that has not started; a running or finished job is left alone.
 UPDATE runner.jobs
-SET state = 'cancelled', finished_at = now(), updated_at = now()
+SET state = 'cancelled', cancel_requested_at = now(), finished_at = now(),
+    updated_at = now()
 WHERE id = %(id)s AND state = 'queued'
 RETURNING id;
 
@@ -138,9 +165,12 @@ WHERE id = %(id)s AND result ? %(field)s::text;
 
 -- name: job_rescue_stalled
 -- Put back the running jobs whose runner has not shown it is alive within the
--- threshold. The lost attempt stays counted; a job on its last attempt fails.
+-- threshold. The lost attempt stays counted; a job on its last attempt fails, and
+-- a job whose cancellation was requested is cancelled.
 WITH stalled AS (
-    SELECT j.id, j.claimed_by
+    SELECT j.id, j.claimed_by,
+           format('runner died during execution (attempt %%s of %%s, runner %%s)',
+                  j.attempts, j.max_attempts, j.claimed_by) AS error
     FROM runner.jobs AS j
     WHERE j.state = 'running'
       AND j.claimed_at < now() - make_interval(secs => %(threshold)s)
@@ -153,11 +183,13 @@ WITH stalled AS (
     FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE runner.jobs AS j
-SET state = (CASE WHEN j.attempts >= j.max_attempts
-                  THEN 'failed' ELSE 'queued' END)::runner.job_state,
-    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
-    last_error = format('runner died during execution (attempt %%s of %%s, runner %%s)',
-                        j.attempts, j.max_attempts, j.claimed_by),
+SET state = (CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                  WHEN j.attempts >= j.max_attempts THEN 'failed'
+                  ELSE 'queued' END)::runner.job_state,
+    finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL
+                         OR j.attempts >= j.max_attempts THEN now() END,
+    last_error = stalled.error,
+    errors = runner.job_errors_append(j.errors, j.attempts, j.claimed_by, stalled.error),
     updated_at = now(), claimed_by = NULL, claimed_at = NULL
 FROM stalled
 -- Conditional on the state and claim read: a job that finished or changed hands
@@ -166,20 +198,29 @@ WHERE j.id = stalled.id AND j.state = 'running' AND j.claimed_by = stalled.claim
 RETURNING j.id, j.task, j.state::text, j.attempts;
 
 -- name: job_prune
--- Delete one bounded batch of jobs that finished before the retention period.
+-- Delete one bounded batch of the jobs in one final state that finished before the
+-- retention period: an index range of jobs_finished_state_idx.
 DELETE FROM runner.jobs
 WHERE id IN (
     SELECT id FROM runner.jobs
-    WHERE finished_at < now() - make_interval(secs => %(retention)s)
+    WHERE state = %(state)s::runner.job_state
+      AND finished_at < now() - make_interval(secs => %(retention)s)
     ORDER BY finished_at
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
 );
 
 -- name: worker_heartbeat
--- Register the runner, or record that it is still alive.
-INSERT INTO runner.workers (id, hostname, pid) VALUES (%(worker_id)s, %(hostname)s, %(pid)s)
-ON CONFLICT (id) DO UPDATE SET last_seen_at = now();
+-- Register the runner, or record that it is still alive; in the same statement (no
+-- extra transaction per beat), the jobs it holds whose cancellation was requested.
+WITH beat AS (
+    INSERT INTO runner.workers (id, hostname, pid)
+    VALUES (%(worker_id)s, %(hostname)s, %(pid)s)
+    ON CONFLICT (id) DO UPDATE SET last_seen_at = now()
+)
+SELECT id FROM runner.jobs
+WHERE state = 'running' AND claimed_by = %(worker_id)s
+  AND cancel_requested_at IS NOT NULL;
 
 -- name: worker_delete
 DELETE FROM runner.workers WHERE id = %(worker_id)s;

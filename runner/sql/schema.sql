@@ -11,8 +11,10 @@ CREATE SCHEMA IF NOT EXISTS runner;
 --   queued ──claim──> running ──ok──> succeeded
 --     ^                  │
 --     └──retry / rescue──┤
---                        └──permanent error or last attempt──> failed
+--                        ├──permanent error or last attempt──> failed
+--                        └──cancel requested, handler stopped──> cancelled
 --   queued ──cancel──> cancelled
+--   failed or cancelled ──retried by hand──> queued
 DO $$
 BEGIN
     CREATE TYPE runner.job_state AS ENUM
@@ -52,7 +54,8 @@ CREATE INDEX IF NOT EXISTS jobs_claim_idx
     ON runner.jobs (priority DESC, run_at, id)
     WHERE state = 'queued';
 
--- The stalled-job sweep and the pruner look at running and finished rows by time.
+-- The stalled-job sweep and the pruner look at running and finished rows by time
+-- (version 2 replaces jobs_finished_idx with jobs_finished_state_idx, below).
 CREATE INDEX IF NOT EXISTS jobs_running_idx
     ON runner.jobs (claimed_at)
     WHERE state = 'running';
@@ -142,7 +145,38 @@ CREATE TABLE IF NOT EXISTS runner.sweeps (
     last_succeeded_at timestamptz
 );
 
--- Version 2: webhooks that announce a project's key rotations, and the rotations'
+-- Version 2: each job's error history: one entry per attempt that ended in an error, or was
+-- cut off, cancelled or retried by hand, as {"attempt", "at", "error", "runner"}.
+ALTER TABLE runner.jobs
+    ADD COLUMN IF NOT EXISTS errors jsonb NOT NULL DEFAULT '[]'
+        CHECK (jsonb_typeof(errors) = 'array');
+
+-- When someone asked to cancel the job. A running job's runner learns of it at its
+-- next heartbeat and stops the handler; a job asked to cancel never runs again.
+ALTER TABLE runner.jobs ADD COLUMN IF NOT EXISTS cancel_requested_at timestamptz;
+
+-- Append one entry to a job's error history, which keeps the newest 50: error texts
+-- are cut to 4000 characters, so a row stays well under a megabyte however often a
+-- job is retried.
+CREATE OR REPLACE FUNCTION runner.job_errors_append(
+    errors jsonb, attempt integer, runner uuid, error text
+) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT (CASE WHEN jsonb_array_length(errors) >= 50 THEN errors - 0 ELSE errors END)
+        || jsonb_build_array(jsonb_build_object(
+            'attempt', attempt, 'at', now(), 'error', error, 'runner', runner))
+$$;
+
+-- Finished rows by state and finish time: the pruner deletes succeeded jobs and
+-- failed or cancelled ones after different retentions, and `runner jobs` lists and
+-- counts them by state, without reading the rows of the other states. It replaces
+-- jobs_finished_idx (finish time only).
+CREATE INDEX IF NOT EXISTS jobs_finished_state_idx
+    ON runner.jobs (state, finished_at)
+    WHERE finished_at IS NOT NULL;
+DROP INDEX IF EXISTS runner.jobs_finished_idx;
+
+-- Also version 2: webhooks that announce a project's key rotations, and the rotations'
 -- audit trail.
 
 -- Where a project's events are announced. The signing secret is shared with the

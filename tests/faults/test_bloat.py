@@ -152,6 +152,7 @@ def test_a_bloated_table_keeps_the_runners_on_their_indexes(
         since = conn.execute("SELECT now()").fetchone()[0]
         settings = {
             "RUNNER_RETENTION": str(RETENTION),
+            "RUNNER_FAILED_RETENTION": str(RETENTION),
             "RUNNER_PRUNE_INTERVAL": "1",
         }
         runners = [start_runner(ready=False, **settings) for _ in range(2)]

@@ -172,6 +172,8 @@ def test_cli_commands_never_start_a_scheduler(conn, env):
         ["database-url"],
         ["demo-keys", "--count", "1"],
         ["enqueue", "echo", "--arg", "n=2"],
+        ["jobs", "list"],
+        ["jobs", "stats"],
     ):
         done = run_cli(env, *command)
         assert done.returncode == 0, (command, done.stderr)

@@ -9,6 +9,7 @@ import pytest
 
 import runner
 from runner import store
+from runner.jobs import JobState
 from tests.support import db
 
 
@@ -99,10 +100,10 @@ def test_pruning_deletes_old_finished_jobs_in_batches(conn):
         " VALUES ('echo', 'failed', now()) RETURNING id"
     ).fetchone()[0]
     queued = db.insert_job(conn, "echo")
-    assert store.prune_batch(conn, retention=86400, batch=10) == 10
-    assert store.prune_batch(conn, retention=86400, batch=10) == 10
-    assert store.prune_batch(conn, retention=86400, batch=10) == 5
-    assert store.prune_batch(conn, retention=86400, batch=10) == 0
+    for expected in (10, 10, 5, 0):
+        deleted = store.prune_batch(conn, 86400, 10, state=JobState.SUCCEEDED)
+        assert deleted == expected
+    assert store.prune_batch(conn, 0, 10, state=JobState.CANCELLED) == 0
     assert db.job_state(conn, fresh) == "failed"
     assert db.job_state(conn, queued) == "queued"
 

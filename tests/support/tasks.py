@@ -92,3 +92,11 @@ def note(ctx: JobContext, path: str, sleep: float = 0) -> None:
     time.sleep(sleep)
     with open(path, "a", encoding="utf-8") as out:
         out.write(f"{ctx.job_id}\n")
+
+
+@handler
+def fail_until(path: str) -> dict[str, Any]:
+    """Fail until the file at `path` exists."""
+    if not os.path.exists(path):
+        raise RuntimeError(f"{path} does not exist yet")
+    return {"found": path}
