@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from runner import metrics, payloads, store
+from runner import logs, metrics, payloads, store
 from runner.config import Settings
 from runner.errors import (
     DatabaseError,
@@ -404,9 +404,15 @@ class Worker:
             self._ahead.clear()
             for job in self.store.release(conn, error):
                 logger.warning(
-                    "job %s put back in the queue, attempt not counted",
+                    "job %s (%s) put back in the queue, attempt not counted",
                     job.id,
-                    extra={"action": "job_released", "job_id": job.id},
+                    job.task,
+                    extra={
+                        "action": "job_released",
+                        "job_id": job.id,
+                        "task": job.task,
+                        "attempt": job.attempts + 1,
+                    },
                 )
             self.store.unregister(conn)
             conn.close()
@@ -498,8 +504,10 @@ class Worker:
 
     def _run_handler(self, handler: Handler, ctx: JobContext, job: ClaimedJob) -> Any:
         timeout = handler.timeout or self.settings.job_timeout
-        with self._deadline(timeout, job.id):
-            return handler.run(ctx, job.args)
+        # The handler's own log lines name the job too.
+        with logs.job_context(job.id, job.task, job.attempt):
+            with self._deadline(timeout, job.id):
+                return handler.run(ctx, job.args)
 
     def _after_deadline(self, conn: store.Connection, job: ClaimedJob) -> str:
         if self._deadline_reason == "cancel":

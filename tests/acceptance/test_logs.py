@@ -7,8 +7,6 @@ import json
 import socket
 from typing import Any
 
-import pytest
-
 from tests.support import db
 from tests.support.processes import run_cli, wait_until
 
@@ -72,9 +70,6 @@ def test_every_line_is_one_json_event_and_job_lines_name_the_job(conn, start_run
     assert sorted(set(started)) == sorted(jobs)
 
 
-@pytest.mark.xfail(
-    reason="the worker does not run jobs inside logs.job_context yet", strict=True
-)
 def test_a_handlers_own_lines_name_the_job(conn, start_runner):
     key_id = db.new_key(conn)
     runner = start_runner(**JSON)
