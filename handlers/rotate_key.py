@@ -184,26 +184,38 @@ def _rotate(conn: Connection, request: _Request) -> dict[str, Any]:
     key = conn.execute(_query("api_key_lock"), {"key_id": key_id}).fetchone()
     if key is None:
         raise _KeyUnusable(f"key {key_id} does not exist", "not_found")
-    project_id, old_prefix, key_type, scopes, rate_limit, expires_at, expired = key
-
-    successor = conn.execute(_query("api_key_successor"), {"key_id": key_id}).fetchone()
-    if successor is not None:
-        return _already_rotated(key_id, successor[0], successor[1], expires_at)
+    project_id, old_prefix, expires_at, expired, successor_id, successor_prefix = key[
+        :6
+    ]
+    webhook_ids: list[int] = key[6]
+    if successor_id is not None:
+        return _already_rotated(key_id, successor_id, successor_prefix, expires_at)
     if expired:
         raise _KeyUnusable(
             f"key {key_id} expired at {expires_at.isoformat()} and cannot be rotated",
             "expired",
         )
 
-    new_expiry = _expire_after(conn, key_id, request.grace_hours)
-    new_id, prefix, secret = create_key(
-        conn,
-        project_id,
-        key_type=key_type,
-        scopes=scopes,
-        rate_limit=rate_limit,
-        replaces_key_id=key_id,
-    )
+    secret, prefix, key_hash = new_secret()
+    params = {
+        "key_id": key_id,
+        "grace": request.grace_hours * 3600.0,
+        "grace_hours": request.grace_hours,
+        "key_prefix": prefix,
+        "key_hash": key_hash,
+        "job_id": request.job_id,
+        "requested_by": request.requested_by,
+    }
+    row = conn.execute(_query("api_key_rotate"), params).fetchone()
+    if row is None:
+        # A rotation that raced with the lock issued the successor first.
+        successor = conn.execute(
+            _query("api_key_successor"), {"key_id": key_id}
+        ).fetchone()
+        if successor is None:
+            raise RuntimeError(f"key {key_id} was neither rotated nor replaced")
+        return _already_rotated(key_id, successor[0], successor[1], expires_at)
+    new_id, new_expiry, rotated_at = row
     rotation = {
         "old_key_id": key_id,
         "old_key_prefix": old_prefix,
@@ -211,53 +223,18 @@ def _rotate(conn: Connection, request: _Request) -> dict[str, Any]:
         "new_key_prefix": prefix,
         "old_key_expires_at": new_expiry.isoformat(),
     }
+    # Announced in the rotation's transaction: together with the new key, or not
+    # at all. The event's time is the record's, in database time.
+    event = new_event(ROTATED_EVENT, project_id, rotation, rotated_at)
     result: dict[str, Any] = {
         "outcome": "rotated",
         **rotation,
         "grace_hours": request.grace_hours,
-        "webhook_jobs": _record(conn, request, project_id, rotation, new_expiry),
+        "webhook_jobs": announce(conn, event, webhook_ids),
     }
     if request.recipient is not None:
         result["sealed_secret"] = seal(request.recipient, secret)
     return result
-
-
-def _record(
-    conn: Connection,
-    request: _Request,
-    project_id: int,
-    rotation: dict[str, Any],
-    new_expiry: datetime,
-) -> list[int]:
-    """Add the rotation to the audit trail and enqueue its announcements.
-
-    Both in the rotation's transaction: together with the new key, or not at all.
-    Returns the ids of the delivery jobs.
-    """
-    params = {
-        "project_id": project_id,
-        "old_key_id": request.key_id,
-        "new_key_id": rotation["new_key_id"],
-        "job_id": request.job_id,
-        "requested_by": request.requested_by,
-        "grace_hours": request.grace_hours,
-        "old_key_expires_at": new_expiry,
-    }
-    row = conn.execute(_query("api_key_rotation_insert"), params).fetchone()
-    if row is None:
-        raise RuntimeError("the rotation was not recorded")
-    # The event's time is the record's: the transaction's start, in database time.
-    return announce(conn, new_event(ROTATED_EVENT, project_id, rotation, row[0]))
-
-
-def _expire_after(conn: Connection, key_id: int, grace_hours: float) -> datetime:
-    """Expire the old key after the grace period, never later than it already would."""
-    params = {"key_id": key_id, "grace": grace_hours * 3600.0}
-    row = conn.execute(_query("api_key_expire_after"), params).fetchone()
-    if row is None:
-        raise RuntimeError(f"key {key_id} vanished while locked")
-    expiry: datetime = row[0]
-    return expiry
 
 
 def _already_rotated(

@@ -99,13 +99,6 @@ def remove(conn: store.Connection, webhook_id: int) -> tuple[int, str] | None:
     return None if row is None else (int(row[0]), str(row[1]))
 
 
-def ids_of_project(conn: store.Connection, project_id: int) -> list[int]:
-    rows = conn.execute(
-        _query("webhook_ids_of_project"), {"project_id": project_id}
-    ).fetchall()
-    return [int(row[0]) for row in rows]
-
-
 def target(conn: store.Connection, webhook_id: int, box: SecretBox) -> Target | None:
     """The webhook with its secret opened; None when it has been removed."""
     row = conn.execute(_query("webhook_get"), {"id": webhook_id}).fetchone()

@@ -24,6 +24,3 @@ WHERE id = %(id)s;
 -- name: webhook_delete
 DELETE FROM control_plane.webhooks WHERE id = %(id)s
 RETURNING project_id, url;
-
--- name: webhook_ids_of_project
-SELECT id FROM control_plane.webhooks WHERE project_id = %(project_id)s ORDER BY id;

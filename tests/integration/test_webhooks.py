@@ -11,7 +11,7 @@ import pytest
 from handlers import webhook_secrets, webhooks
 from handlers.destinations import AddressRefused, AllowList, Destination
 from handlers.rotate_key import rotate_key
-from handlers.send_webhook import _post
+from handlers.webhook_delivery import _post
 from handlers.webhook_secrets import SecretBox
 from runner import InvalidArguments, JobContext, store
 from tests.support import db
