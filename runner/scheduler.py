@@ -215,7 +215,9 @@ class MaintenanceScheduler:
     def heartbeat(self) -> None:
         # Skipped while the job loop's claims record that the runner is alive: no
         # job of this runner then runs long enough to need cancelling.
-        if not self._worker.heartbeat_due(self._settings.heartbeat_interval / 2):
+        # (Due a little before a whole interval: the thread's own beats come one
+        # interval apart, give or take a few milliseconds.)
+        if not self._worker.heartbeat_due(self._settings.heartbeat_interval * 0.75):
             return
         cancel = self._worker.heartbeat(self._connection())
         if cancel and self._on_cancel_requested is not None:
