@@ -21,6 +21,27 @@ from runner.http_server import Request, Response
 # Task label for jobs whose task has no handler: the name itself is arbitrary input.
 UNKNOWN_TASK = "<unknown>"
 
+# Seconds, from half a millisecond to five minutes: job durations and pick-up times.
+_TIME_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+)
+
 JOBS = Counter(
     "runner_jobs",
     "Job attempts that ended, by task and outcome "
@@ -32,50 +53,14 @@ JOB_DURATION = Histogram(
     "Time spent running a job's handler and recording its outcome (a plain "
     "handler's success is recorded with the next claim, outside this time).",
     ["task"],
-    buckets=(
-        0.0005,
-        0.001,
-        0.0025,
-        0.005,
-        0.01,
-        0.025,
-        0.05,
-        0.1,
-        0.25,
-        0.5,
-        1,
-        2.5,
-        5,
-        10,
-        30,
-        60,
-        300,
-    ),
+    buckets=_TIME_BUCKETS,
 )
 PICKUP_LATENCY = Histogram(
     "runner_job_pickup_latency_seconds",
     "Time from a job becoming runnable (enqueued, or due) to its handler starting, "
     "by task.",
     ["task"],
-    buckets=(
-        0.0005,
-        0.001,
-        0.002,
-        0.005,
-        0.01,
-        0.025,
-        0.05,
-        0.1,
-        0.25,
-        0.5,
-        1,
-        2.5,
-        5,
-        10,
-        30,
-        60,
-        300,
-    ),
+    buckets=_TIME_BUCKETS,
 )
 RECONNECTS = Counter(
     "runner_database_reconnects",

@@ -17,7 +17,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from tests.support.cluster import Cluster, free_port
-from tests.support.processes import wait_until
+from tests.support.processes import terminate, wait_until
 
 # The role every test connects as; the cluster trusts it without a password.
 USER = "postgres"
@@ -101,13 +101,8 @@ class PgBouncer:
 
     def stop(self) -> None:
         """Stop PgBouncer at once and remove its files."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
+        if self._proc is not None:
+            terminate(self._proc, 10)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -118,3 +118,15 @@ class RunnerProcess:
             self.proc.kill()
             self.proc.wait(10)
         self._log.close()
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM a process if it still runs, then SIGKILL it after `timeout` s."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from tests.support.cluster import free_port
-from tests.support.processes import wait_until
+from tests.support.processes import terminate, wait_until
 
 
 def executable(name: str) -> str:
@@ -106,13 +106,8 @@ class PrometheusServer:
 
     def stop(self) -> None:
         """Stop the server and remove its files."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
+        if self._proc is not None:
+            terminate(self._proc, 30)
         if self._log is not None:
             self._log.close()
             self._log = None
