@@ -328,6 +328,12 @@ def _json_args(text: str | None) -> dict[str, Any]:
     help="When the job may run, as 2026-12-24T18:00:00 (UTC) or with an offset "
     "(+01:00).",
 )
+@click.option(
+    "--unique-key",
+    metavar="KEY",
+    help="Enqueue nothing while a queued or running job has this key; print that "
+    "job's id instead.",
+)
 @click.option("--wait", is_flag=True, help="Wait for the outcome and print it.")
 @click.option(
     "--timeout",
@@ -346,6 +352,7 @@ def enqueue(
     max_attempts: int,
     delay: float,
     run_at: datetime | None,
+    unique_key: str | None,
     wait: bool,
     timeout: float | None,
 ) -> None:
@@ -367,18 +374,24 @@ def enqueue(
         args.setdefault("requested_by", "cli")
     recipient = _recipient_for(task, args)
     registry = obj.registry()
+    options: dict[str, Any] = dict(
+        queue=queue,
+        priority=priority,
+        max_attempts=max_attempts,
+        delay=delay,
+        run_at=run_at,
+        registry=registry,
+    )
     with store.connect(obj.url()) as conn:
-        job_id = client.enqueue(
-            task,
-            args,
-            conn=conn,
-            queue=queue,
-            priority=priority,
-            max_attempts=max_attempts,
-            delay=delay,
-            run_at=run_at,
-            registry=registry,
-        )
+        if unique_key is None:
+            job_id = client.enqueue(task, args, conn=conn, **options)
+        else:
+            job_id, created = client.enqueue_unique(
+                task, args, unique_key, conn=conn, **options
+            )
+            if not created:
+                _say_existing(job_id, unique_key, recipient is not None)
+                recipient = None
         if recipient is not None:
             Inbox().keep(job_id, recipient)
         click.echo(job_id)
@@ -387,6 +400,17 @@ def enqueue(
             _print_outcome(conn, job, recipient)
         elif recipient is not None:
             click.echo(_secret_hint(job_id), err=True)
+
+
+def _say_existing(job_id: int, unique_key: str, sealed: bool) -> None:
+    click.echo(
+        f"job {job_id} with unique key {unique_key!r} is already queued or running: "
+        "nothing enqueued",
+        err=True,
+    )
+    if sealed:
+        # Its secret is sealed to whoever enqueued it, not to us.
+        click.echo(f"job {job_id}'s new secret is not sealed to you", err=True)
 
 
 def _recipient_for(task: str, args: dict[str, Any]) -> Recipient | None:

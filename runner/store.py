@@ -164,6 +164,43 @@ def insert_job(
     return int(row[0])
 
 
+class Inserted(NamedTuple):
+    """The job that an enqueue with a unique key stands for."""
+
+    id: int
+    created: bool
+    """False: a queued or running job already had the key, and `id` is that job."""
+
+
+# Times to try the insert again when the job that held the unique key finished
+# between the insert that yielded to it and the read of its id.
+_UNIQUE_TRIES = 5
+
+
+def insert_unique_job(
+    conn: Connection,
+    task: str,
+    args: dict[str, Any],
+    unique_key: str,
+    options: JobOptions = DEFAULT_OPTIONS,
+) -> Inserted:
+    """Insert one job unless a queued or running job has `unique_key`.
+
+    In the connection's current transaction, which must be READ COMMITTED (the
+    default): each statement then sees what racing inserts committed.
+    """
+    params = {**_insert_params(task, Jsonb(args), options), "unique_key": unique_key}
+    with translate_errors():
+        for _ in range(_UNIQUE_TRIES):
+            row = conn.execute(queries.query("job_insert_unique"), params).fetchone()
+            if row is not None:
+                return Inserted(int(row[0]), created=True)
+            row = conn.execute(queries.query("job_get_unique"), params).fetchone()
+            if row is not None:
+                return Inserted(int(row[0]), created=False)
+    raise DatabaseError(f"the jobs with unique key {unique_key!r} kept changing")
+
+
 def insert_jobs(
     conn: Connection,
     task: str,

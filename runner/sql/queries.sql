@@ -19,6 +19,25 @@ FROM unnest(%(args)s::jsonb[]) WITH ORDINALITY AS a (args, n)
 ORDER BY a.n
 RETURNING id;
 
+-- name: job_insert_unique
+-- Insert the job unless a queued or running job has the same unique key. A racing
+-- insert of the same key waits here for the other transaction, then inserts nothing
+-- if it committed; job_get_unique then reads the job that won.
+INSERT INTO runner.jobs (task, args, queue, priority, max_attempts, run_at, unique_key)
+VALUES (
+    %(task)s, %(args)s, %(queue)s, %(priority)s, %(max_attempts)s,
+    coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay)s)),
+    %(unique_key)s
+)
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
+DO NOTHING
+RETURNING id;
+
+-- name: job_get_unique
+-- The queued or running job with a unique key: a lookup in jobs_unique_key_idx.
+SELECT id FROM runner.jobs
+WHERE unique_key = %(unique_key)s AND state IN ('queued', 'running');
+
 -- name: job_claim
 -- Claim up to `limit` runnable jobs: highest priority, then oldest, from the
 -- runner's queues (or any queue). Their attempts are counted here, before their
@@ -153,7 +172,8 @@ RETURNING id;
 
 -- name: job_get
 SELECT id, task, args, queue, priority, state::text, attempts, max_attempts, run_at,
-       claimed_by, claimed_at, last_error, result, created_at, updated_at, finished_at
+       claimed_by, claimed_at, last_error, result, created_at, updated_at, finished_at,
+       unique_key
 FROM runner.jobs
 WHERE id = %(id)s;
 

@@ -210,6 +210,17 @@ CREATE TABLE IF NOT EXISTS control_plane.api_key_rotations (
 CREATE INDEX IF NOT EXISTS api_key_rotations_old_key_idx
     ON control_plane.api_key_rotations (old_key_id);
 
+-- Also version 2: deduplication. A job enqueued with a unique key is not inserted
+-- while another job with that key is queued or running; the enqueuer gets that job
+-- instead (job_insert_unique). Running jobs count too, so that a job put back in
+-- the queue (retried, rescued, released) never collides with a newer one: only an
+-- insert and a retry by hand can meet the index.
+ALTER TABLE runner.jobs
+    ADD COLUMN IF NOT EXISTS unique_key text CHECK (unique_key <> '');
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_key_idx
+    ON runner.jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND state IN ('queued', 'running');
+
 CREATE TABLE IF NOT EXISTS runner.schema_version (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version integer NOT NULL,
