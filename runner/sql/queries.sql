@@ -281,6 +281,11 @@ SET last_finished_at = now(),
     last_succeeded_at = CASE WHEN %(succeeded)s THEN now() ELSE last_succeeded_at END
 WHERE name = %(sweep)s;
 
+-- name: statement_timeout_set_local
+-- Bounds the statements of this transaction only, so the setting holds behind a
+-- pooler in transaction mode too, where a session setting would not stay with us.
+SELECT set_config('statement_timeout', %(milliseconds)s, true);
+
 -- name: clock_now
 SELECT now();
 
