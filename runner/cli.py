@@ -19,7 +19,13 @@ from runner import cli_webhooks, client, embedded, logs, metrics, store
 from runner.collector import QueueCollector
 from runner.config import Settings
 from runner.delivery import Inbox, open_secret
-from runner.errors import InvalidArguments, RunnerError, WaitTimedOut
+from runner.errors import (
+    ConfigurationError,
+    InvalidArguments,
+    RunnerError,
+    UnknownTask,
+    WaitTimedOut,
+)
 from runner.health import Health
 from runner.http_server import HttpServer
 from runner.jobs import JobState
@@ -199,6 +205,16 @@ def _seconds(
     help="A direct connection for LISTEN when DATABASE_URL goes through a pooler "
     "in transaction mode [env: RUNNER_LISTEN_DATABASE_URL].",
 )
+@click.option(
+    "--rotate-keys-older-than",
+    envvar="RUNNER_ROTATE_KEYS_OLDER_THAN",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="HOURS",
+    help="Enqueue a rotation of every API key older than this many hours; 0: "
+    "never [env: RUNNER_ROTATE_KEYS_OLDER_THAN].",
+)
+@_seconds("rotate-keys-interval", 3600.0, "Seconds between looks for keys to rotate.")
 @click.pass_obj
 def run(obj: _Context, /, queues: tuple[str, ...], **options: Any) -> None:
     """Run jobs until stopped by SIGTERM or SIGINT."""
@@ -206,6 +222,7 @@ def run(obj: _Context, /, queues: tuple[str, ...], **options: Any) -> None:
 
     registry = obj.registry()
     settings = Settings(database_url=obj.url(), queues=queues, **options)
+    _check_automatic_rotation(settings, registry)
     if obj.embedded_dir is not None:
         logger.info(
             "using the embedded PostgreSQL in %s",
@@ -215,6 +232,20 @@ def run(obj: _Context, /, queues: tuple[str, ...], **options: Any) -> None:
     worker = Worker(settings, registry)
     _serve_http(settings, worker.health)
     worker.run()
+
+
+def _check_automatic_rotation(settings: Settings, registry: Registry) -> None:
+    """Refuse to start a rotation that every job of would fail (grace policy)."""
+    if settings.rotate_keys_older_than == 0:
+        return
+    from runner.scheduler import ROTATED_BY
+
+    try:
+        registry.get("rotate_key").check_arguments(
+            {"key_id": 1, "requested_by": ROTATED_BY}
+        )
+    except (InvalidArguments, UnknownTask) as exc:
+        raise ConfigurationError(f"automatic key rotation cannot run: {exc}") from None
 
 
 def _serve_http(settings: Settings, health: Health) -> None:

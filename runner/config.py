@@ -41,6 +41,9 @@ class Settings:
     1 claims each job only when the one before it has finished."""
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
+    rotate_keys_older_than: float = 0.0
+    """Hours: enqueue a rotation of every API key older than this; 0 turns it off."""
+    rotate_keys_interval: float = 3600.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -55,6 +58,7 @@ class Settings:
             "heartbeat_interval",
             "rescue_interval",
             "prune_interval",
+            "rotate_keys_interval",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{_option(name)} must be more than 0")

@@ -495,3 +495,29 @@ def prune_batch(
     with translate_errors():
         cur = conn.execute(queries.query("job_prune"), params)
     return cur.rowcount
+
+
+# The unique key of a key's rotation jobs, followed by the key's id: the HTTP API
+# and the automatic rotation share it, so that a key has one rotation in the queue.
+ROTATION_KEY_PREFIX = "rotate_key:"
+
+
+def rotation_key(key_id: int) -> str:
+    """The unique key of the rotation jobs of the API key `key_id`."""
+    return f"{ROTATION_KEY_PREFIX}{key_id}"
+
+
+def enqueue_due_rotations(
+    conn: Connection, age: float, batch: int, requested_by: str
+) -> list[tuple[int, int]]:
+    """Enqueue a rotation of up to `batch` keys older than `age` seconds that are
+    not expired and not rotated, oldest first; return (job id, key id) pairs."""
+    params = {
+        "age": age,
+        "batch": batch,
+        "requested_by": requested_by,
+        "unique_prefix": ROTATION_KEY_PREFIX,
+    }
+    with translate_errors():
+        rows = conn.execute(queries.query("job_insert_due_rotations"), params)
+        return [(int(job_id), int(key_id)) for job_id, key_id in rows]

@@ -38,6 +38,49 @@ RETURNING id;
 SELECT id FROM runner.jobs
 WHERE unique_key = %(unique_key)s AND state IN ('queued', 'running');
 
+-- name: job_insert_due_rotations
+-- Enqueue a rotation of each key older than `age` seconds that has not expired, has
+-- no successor and no rotation queued or running: the oldest `batch` of them. Each
+-- half reads one index range (see schema.sql), stopping once it has enough.
+WITH candidates AS (
+    (SELECT k.id, k.created_at
+     FROM control_plane.api_keys AS k
+     WHERE k.expires_at IS NULL
+       AND k.created_at < now() - make_interval(secs => %(age)s)
+       AND NOT EXISTS (
+           SELECT 1 FROM control_plane.api_keys AS s WHERE s.replaces_key_id = k.id)
+       AND NOT EXISTS (
+           SELECT 1 FROM runner.jobs AS j
+           WHERE j.unique_key = %(unique_prefix)s::text || k.id
+             AND j.state IN ('queued', 'running'))
+     ORDER BY k.created_at, k.id
+     LIMIT %(batch)s)
+    UNION ALL
+    (SELECT k.id, k.created_at
+     FROM control_plane.api_keys AS k
+     WHERE k.expires_at > now()
+       AND k.created_at < now() - make_interval(secs => %(age)s)
+       AND NOT EXISTS (
+           SELECT 1 FROM control_plane.api_keys AS s WHERE s.replaces_key_id = k.id)
+       AND NOT EXISTS (
+           SELECT 1 FROM runner.jobs AS j
+           WHERE j.unique_key = %(unique_prefix)s::text || k.id
+             AND j.state IN ('queued', 'running'))
+     ORDER BY k.created_at, k.id
+     LIMIT %(batch)s)
+), due AS (
+    SELECT id FROM candidates ORDER BY created_at, id LIMIT %(batch)s
+)
+INSERT INTO runner.jobs (task, args, unique_key)
+SELECT 'rotate_key',
+       jsonb_build_object('key_id', id, 'requested_by', %(requested_by)s::text),
+       %(unique_prefix)s::text || id
+FROM due
+-- A rotation enqueued meanwhile by someone else wins.
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
+DO NOTHING
+RETURNING id, (args ->> 'key_id')::integer;
+
 -- name: job_claim
 -- Claim up to `limit` runnable jobs: highest priority, then oldest, from the
 -- runner's queues (or any queue). Their attempts are counted here, before their

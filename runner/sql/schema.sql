@@ -221,6 +221,17 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_key_idx
     ON runner.jobs (unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('queued', 'running');
 
+-- Also version 2: automatic rotation (runner.scheduler) finds the keys due for it
+-- through two index ranges that stay small however many keys have been rotated and
+-- expired: keys without an expiry, by age, and keys by expiry, read from now on
+-- (those issued with an expiry, and those rotated within the longest grace period).
+CREATE INDEX IF NOT EXISTS api_keys_unexpiring_created_idx
+    ON control_plane.api_keys (created_at, id)
+    WHERE expires_at IS NULL;
+CREATE INDEX IF NOT EXISTS api_keys_expires_at_idx
+    ON control_plane.api_keys (expires_at)
+    WHERE expires_at IS NOT NULL;
+
 CREATE TABLE IF NOT EXISTS runner.schema_version (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version integer NOT NULL,
