@@ -121,7 +121,7 @@ def withhold_secrets(value: Any, path: str) -> tuple[Any, list[str]]:
         withheld: list[str] = []
         for name, item in value.items():
             where = f"{path}.{name}"
-            if _SECRET_NAME.search(name) or _is_sealed(item):
+            if _SECRET_NAME.search(name) or is_sealed(item):
                 kept[name] = WITHHELD
                 withheld.append(where)
             else:
@@ -132,7 +132,7 @@ def withhold_secrets(value: Any, path: str) -> tuple[Any, list[str]]:
         items: list[Any] = []
         withheld = []
         for index, item in enumerate(value):
-            if _is_sealed(item):
+            if is_sealed(item):
                 items.append(WITHHELD)
                 withheld.append(f"{path}[{index}]")
                 continue
@@ -143,7 +143,7 @@ def withhold_secrets(value: Any, path: str) -> tuple[Any, list[str]]:
     return value, []
 
 
-def _is_sealed(value: Any) -> bool:
+def is_sealed(value: Any) -> bool:
     """Whether `value` has the shape of runner.sealing.seal's output."""
     return isinstance(value, dict) and {"ephemeral", "ciphertext"} <= value.keys()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -206,6 +207,14 @@ def _seconds(
     "in transaction mode [env: RUNNER_LISTEN_DATABASE_URL].",
 )
 @click.option(
+    "--api-token",
+    envvar="RUNNER_API_TOKEN",
+    metavar="TOKEN",
+    help="Serve the HTTP API (/v1/) beside /metrics to requests that bear this "
+    "token; prefer the environment, which other users cannot read "
+    "[env: RUNNER_API_TOKEN; default: no API].",
+)
+@click.option(
     "--rotate-keys-older-than",
     envvar="RUNNER_ROTATE_KEYS_OLDER_THAN",
     type=click.FloatRange(min=0),
@@ -216,12 +225,20 @@ def _seconds(
 )
 @_seconds("rotate-keys-interval", 3600.0, "Seconds between looks for keys to rotate.")
 @click.pass_obj
-def run(obj: _Context, /, queues: tuple[str, ...], **options: Any) -> None:
+def run(
+    obj: _Context, /, queues: tuple[str, ...], api_token: str | None, **options: Any
+) -> None:
     """Run jobs until stopped by SIGTERM or SIGINT."""
     from runner.worker import Worker
 
     registry = obj.registry()
-    settings = Settings(database_url=obj.url(), queues=queues, **options)
+    settings = Settings(
+        database_url=obj.url(),
+        queues=queues,
+        # An empty RUNNER_API_TOKEN configures no token.
+        api_token=api_token or None,
+        **options,
+    )
     _check_automatic_rotation(settings, registry)
     if obj.embedded_dir is not None:
         logger.info(
@@ -230,7 +247,7 @@ def run(obj: _Context, /, queues: tuple[str, ...], **options: Any) -> None:
             extra={"action": "embedded_database"},
         )
     worker = Worker(settings, registry)
-    _serve_http(settings, worker.health)
+    _serve_http(settings, worker.health, registry)
     worker.run()
 
 
@@ -248,10 +265,15 @@ def _check_automatic_rotation(settings: Settings, registry: Registry) -> None:
         raise ConfigurationError(f"automatic key rotation cannot run: {exc}") from None
 
 
-def _serve_http(settings: Settings, health: Health) -> None:
-    """Serve /metrics, /healthz and /readyz from a daemon thread; port 0: none."""
+def _serve_http(settings: Settings, health: Health, registry: Registry) -> None:
+    """Serve /metrics, /healthz, /readyz and, with a token, the HTTP API from a
+    daemon thread; port 0: none."""
     host, port = settings.metrics_host, settings.metrics_port
     if port == 0:
+        if settings.api_token is not None:
+            raise ConfigurationError(
+                "the HTTP API needs the HTTP server, which --metrics-port 0 turns off"
+            )
         return
     try:
         server = HttpServer(host, port)
@@ -262,13 +284,35 @@ def _serve_http(settings: Settings, health: Health) -> None:
     REGISTRY.register(QueueCollector(settings.database_url))
     server.add_route("/metrics", metrics.exposition)
     health.add_routes(server)
+    served = "/metrics, /healthz and /readyz"
+    if settings.api_token is not None:
+        from runner.api import Api
+
+        Api(settings.api_token, settings.database_url, registry).add_routes(server)
+        served = "/metrics, /healthz, /readyz and the API (/v1/)"
+        _warn_if_exposed(host)
     server.start()
     logger.info(
-        "serving /metrics, /healthz and /readyz on http://%s:%s",
+        "serving %s on http://%s:%s",
+        served,
         host,
         port,
         extra={"action": "http_serving"},
     )
+
+
+def _warn_if_exposed(host: str) -> None:
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        logger.warning(
+            "the HTTP API takes its token in clear over plain HTTP on %s: reach it "
+            "from other machines only through a proxy that adds TLS",
+            host,
+            extra={"action": "api_exposed"},
+        )
 
 
 def _parse_value(text: str) -> Any:

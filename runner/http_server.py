@@ -57,9 +57,11 @@ class Response:
         return cls(status, text.encode())
 
     @classmethod
-    def json(cls, status: int, value: Any) -> Response:
+    def json(
+        cls, status: int, value: Any, headers: Mapping[str, str] | None = None
+    ) -> Response:
         body = json.dumps(value, indent=2, sort_keys=True) + "\n"
-        return cls(status, body.encode(), "application/json")
+        return cls(status, body.encode(), "application/json", headers or {})
 
 
 Handler = Callable[[Request], Response]

@@ -507,6 +507,17 @@ def rotation_key(key_id: int) -> str:
     return f"{ROTATION_KEY_PREFIX}{key_id}"
 
 
+def api_key_expiry(
+    conn: Connection, key_id: int
+) -> tuple[bool, datetime | None] | None:
+    """Whether the API key has expired, and its expiry; None when there is none."""
+    with translate_errors():
+        row = conn.execute(
+            queries.query("api_key_expiry"), {"key_id": key_id}
+        ).fetchone()
+    return None if row is None else (bool(row[0]), row[1])
+
+
 def enqueue_due_rotations(
     conn: Connection, age: float, batch: int, requested_by: str
 ) -> list[tuple[int, int]]:

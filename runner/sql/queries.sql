@@ -329,6 +329,12 @@ WHERE name = %(sweep)s;
 -- pooler in transaction mode too, where a session setting would not stay with us.
 SELECT set_config('statement_timeout', %(milliseconds)s, true);
 
+-- name: api_key_expiry
+-- Whether the key exists, and whether it has expired.
+SELECT expires_at IS NOT NULL AND expires_at <= now() AS expired, expires_at
+FROM control_plane.api_keys
+WHERE id = %(key_id)s;
+
 -- name: clock_now
 SELECT now();
 
