@@ -458,18 +458,20 @@ def enqueue(
         registry=registry,
     )
     with store.connect(obj.url()) as conn:
+        created = True
         if unique_key is None:
             job_id = client.enqueue(task, args, conn=conn, **options)
         else:
             job_id, created = client.enqueue_unique(
                 task, args, unique_key, conn=conn, **options
             )
-            if not created:
-                _say_existing(job_id, unique_key, recipient is not None)
-                recipient = None
-        if recipient is not None:
+        if recipient is not None and created:
             Inbox().keep(job_id, recipient)
         click.echo(job_id)
+        if not created:
+            _say_existing(job_id, str(unique_key), recipient is not None)
+            # The job that stands for ours seals its secret to someone else.
+            recipient = None
         if wait:
             job = _wait(conn, job_id, timeout, recipient is not None)
             _print_outcome(conn, job, recipient)
@@ -484,8 +486,10 @@ def _say_existing(job_id: int, unique_key: str, sealed: bool) -> None:
         err=True,
     )
     if sealed:
-        # Its secret is sealed to whoever enqueued it, not to us.
-        click.echo(f"job {job_id}'s new secret is not sealed to you", err=True)
+        click.echo(
+            f"job {job_id}'s new secret is sealed to whoever enqueued it, not to you",
+            err=True,
+        )
 
 
 def _recipient_for(task: str, args: dict[str, Any]) -> Recipient | None:

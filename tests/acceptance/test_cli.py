@@ -82,7 +82,7 @@ def test_enqueue_with_a_unique_key_prints_the_queued_job(env, conn):
     )
     assert not_ours.returncode == 0, not_ours.stderr
     assert not_ours.stdout == sealed.stdout
-    assert "secret is not sealed to you" in not_ours.stderr
+    assert "sealed to whoever enqueued it, not to you" in not_ours.stderr
     assert conn.execute("SELECT count(*) FROM runner.jobs").fetchone() == (2,)
 
 
