@@ -1,7 +1,8 @@
 """runner: a lightweight job runner on PostgreSQL.
 
-The public API: `handler` declares a handler, `enqueue` adds a job and
-`enqueue_many` a batch of them, `wait_for` waits for a job's outcome, `cancel`
+The public API: `handler` declares a handler, `enqueue` adds a job (or, with a
+unique key, finds the queued one that stands for it; `enqueue_unique` also says
+which), `enqueue_many` a batch of them, `wait_for` waits for a job's outcome, `cancel`
 withdraws a job that has not started.
 """
 
@@ -10,6 +11,7 @@ from runner.client import (
     database_url,
     enqueue,
     enqueue_many,
+    enqueue_unique,
     get_job,
     wait_for,
 )
@@ -48,6 +50,7 @@ __all__ = [
     "database_url",
     "enqueue",
     "enqueue_many",
+    "enqueue_unique",
     "get_job",
     "handler",
     "wait_for",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, LiteralString, NamedTuple
 
+import psycopg
 from psycopg.rows import dict_row
 
 from runner import queries, store
@@ -120,7 +121,7 @@ def withhold_secrets(value: Any, path: str) -> tuple[Any, list[str]]:
         withheld: list[str] = []
         for name, item in value.items():
             where = f"{path}.{name}"
-            if _SECRET_NAME.search(name) or _is_sealed(item):
+            if _SECRET_NAME.search(name) or is_sealed(item):
                 kept[name] = WITHHELD
                 withheld.append(where)
             else:
@@ -131,7 +132,7 @@ def withhold_secrets(value: Any, path: str) -> tuple[Any, list[str]]:
         items: list[Any] = []
         withheld = []
         for index, item in enumerate(value):
-            if _is_sealed(item):
+            if is_sealed(item):
                 items.append(WITHHELD)
                 withheld.append(f"{path}[{index}]")
                 continue
@@ -142,7 +143,7 @@ def withhold_secrets(value: Any, path: str) -> tuple[Any, list[str]]:
     return value, []
 
 
-def _is_sealed(value: Any) -> bool:
+def is_sealed(value: Any) -> bool:
     """Whether `value` has the shape of runner.sealing.seal's output."""
     return isinstance(value, dict) and {"ephemeral", "ciphertext"} <= value.keys()
 
@@ -151,8 +152,16 @@ def retry(conn: store.Connection, job_id: int) -> int:
     """Put a failed or cancelled job back in the queue with a fresh set of attempts;
     return how many attempts it has."""
     params = {"id": job_id, "note": RETRIED_NOTE}
-    with store.translate_errors():
-        row = conn.execute(_query("job_retry_by_hand"), params).fetchone()
+    try:
+        with store.translate_errors():
+            row = conn.execute(_query("job_retry_by_hand"), params).fetchone()
+    except DatabaseError as exc:
+        if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+            raise JobStateConflict(
+                f"job {job_id} cannot be retried: another job with its unique key "
+                "is queued or running"
+            ) from exc
+        raise
     if row is None:
         state = _detail_row(conn, job_id)["state"]
         raise JobStateConflict(

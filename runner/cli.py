@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -19,7 +20,13 @@ from runner import cli_webhooks, client, embedded, logs, metrics, store
 from runner.collector import QueueCollector
 from runner.config import Settings
 from runner.delivery import Inbox, open_secret
-from runner.errors import InvalidArguments, RunnerError, WaitTimedOut
+from runner.errors import (
+    ConfigurationError,
+    InvalidArguments,
+    RunnerError,
+    UnknownTask,
+    WaitTimedOut,
+)
 from runner.health import Health
 from runner.http_server import HttpServer
 from runner.jobs import JobState
@@ -199,13 +206,40 @@ def _seconds(
     help="A direct connection for LISTEN when DATABASE_URL goes through a pooler "
     "in transaction mode [env: RUNNER_LISTEN_DATABASE_URL].",
 )
+@click.option(
+    "--api-token",
+    envvar="RUNNER_API_TOKEN",
+    metavar="TOKEN",
+    help="Serve the HTTP API (/v1/) beside /metrics to requests that bear this "
+    "token; prefer the environment, which other users cannot read "
+    "[env: RUNNER_API_TOKEN; default: no API].",
+)
+@click.option(
+    "--rotate-keys-older-than",
+    envvar="RUNNER_ROTATE_KEYS_OLDER_THAN",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="HOURS",
+    help="Enqueue a rotation of every API key older than this many hours; 0: "
+    "never [env: RUNNER_ROTATE_KEYS_OLDER_THAN].",
+)
+@_seconds("rotate-keys-interval", 3600.0, "Seconds between looks for keys to rotate.")
 @click.pass_obj
-def run(obj: _Context, /, queues: tuple[str, ...], **options: Any) -> None:
+def run(
+    obj: _Context, /, queues: tuple[str, ...], api_token: str | None, **options: Any
+) -> None:
     """Run jobs until stopped by SIGTERM or SIGINT."""
     from runner.worker import Worker
 
     registry = obj.registry()
-    settings = Settings(database_url=obj.url(), queues=queues, **options)
+    settings = Settings(
+        database_url=obj.url(),
+        queues=queues,
+        # An empty RUNNER_API_TOKEN configures no token.
+        api_token=api_token or None,
+        **options,
+    )
+    _check_automatic_rotation(settings, registry)
     if obj.embedded_dir is not None:
         logger.info(
             "using the embedded PostgreSQL in %s",
@@ -213,14 +247,33 @@ def run(obj: _Context, /, queues: tuple[str, ...], **options: Any) -> None:
             extra={"action": "embedded_database"},
         )
     worker = Worker(settings, registry)
-    _serve_http(settings, worker.health)
+    _serve_http(settings, worker.health, registry)
     worker.run()
 
 
-def _serve_http(settings: Settings, health: Health) -> None:
-    """Serve /metrics, /healthz and /readyz from a daemon thread; port 0: none."""
+def _check_automatic_rotation(settings: Settings, registry: Registry) -> None:
+    """Refuse to start a rotation that every job of would fail (grace policy)."""
+    if settings.rotate_keys_older_than == 0:
+        return
+    from runner.scheduler import ROTATED_BY
+
+    try:
+        registry.get("rotate_key").check_arguments(
+            {"key_id": 1, "requested_by": ROTATED_BY}
+        )
+    except (InvalidArguments, UnknownTask) as exc:
+        raise ConfigurationError(f"automatic key rotation cannot run: {exc}") from None
+
+
+def _serve_http(settings: Settings, health: Health, registry: Registry) -> None:
+    """Serve /metrics, /healthz, /readyz and, with a token, the HTTP API from a
+    daemon thread; port 0: none."""
     host, port = settings.metrics_host, settings.metrics_port
     if port == 0:
+        if settings.api_token is not None:
+            raise ConfigurationError(
+                "the HTTP API needs the HTTP server, which --metrics-port 0 turns off"
+            )
         return
     try:
         server = HttpServer(host, port)
@@ -231,13 +284,35 @@ def _serve_http(settings: Settings, health: Health) -> None:
     REGISTRY.register(QueueCollector(settings.database_url))
     server.add_route("/metrics", metrics.exposition)
     health.add_routes(server)
+    served = "/metrics, /healthz and /readyz"
+    if settings.api_token is not None:
+        from runner.api import Api
+
+        Api(settings.api_token, settings.database_url, registry).add_routes(server)
+        served = "/metrics, /healthz, /readyz and the API (/v1/)"
+        _warn_if_exposed(host)
     server.start()
     logger.info(
-        "serving /metrics, /healthz and /readyz on http://%s:%s",
+        "serving %s on http://%s:%s",
+        served,
         host,
         port,
         extra={"action": "http_serving"},
     )
+
+
+def _warn_if_exposed(host: str) -> None:
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        logger.warning(
+            "the HTTP API takes its token in clear over plain HTTP on %s: reach it "
+            "from other machines only through a proxy that adds TLS",
+            host,
+            extra={"action": "api_exposed"},
+        )
 
 
 def _parse_value(text: str) -> Any:
@@ -328,6 +403,12 @@ def _json_args(text: str | None) -> dict[str, Any]:
     help="When the job may run, as 2026-12-24T18:00:00 (UTC) or with an offset "
     "(+01:00).",
 )
+@click.option(
+    "--unique-key",
+    metavar="KEY",
+    help="Enqueue nothing while a queued or running job has this key; print that "
+    "job's id instead.",
+)
 @click.option("--wait", is_flag=True, help="Wait for the outcome and print it.")
 @click.option(
     "--timeout",
@@ -346,6 +427,7 @@ def enqueue(
     max_attempts: int,
     delay: float,
     run_at: datetime | None,
+    unique_key: str | None,
     wait: bool,
     timeout: float | None,
 ) -> None:
@@ -367,26 +449,47 @@ def enqueue(
         args.setdefault("requested_by", "cli")
     recipient = _recipient_for(task, args)
     registry = obj.registry()
+    options: dict[str, Any] = dict(
+        queue=queue,
+        priority=priority,
+        max_attempts=max_attempts,
+        delay=delay,
+        run_at=run_at,
+        registry=registry,
+    )
     with store.connect(obj.url()) as conn:
-        job_id = client.enqueue(
-            task,
-            args,
-            conn=conn,
-            queue=queue,
-            priority=priority,
-            max_attempts=max_attempts,
-            delay=delay,
-            run_at=run_at,
-            registry=registry,
-        )
-        if recipient is not None:
+        created = True
+        if unique_key is None:
+            job_id = client.enqueue(task, args, conn=conn, **options)
+        else:
+            job_id, created = client.enqueue_unique(
+                task, args, unique_key, conn=conn, **options
+            )
+        if recipient is not None and created:
             Inbox().keep(job_id, recipient)
         click.echo(job_id)
+        if not created:
+            _say_existing(job_id, str(unique_key), recipient is not None)
+            # The job that stands for ours seals its secret to someone else.
+            recipient = None
         if wait:
             job = _wait(conn, job_id, timeout, recipient is not None)
             _print_outcome(conn, job, recipient)
         elif recipient is not None:
             click.echo(_secret_hint(job_id), err=True)
+
+
+def _say_existing(job_id: int, unique_key: str, sealed: bool) -> None:
+    click.echo(
+        f"job {job_id} with unique key {unique_key!r} is already queued or running: "
+        "nothing enqueued",
+        err=True,
+    )
+    if sealed:
+        click.echo(
+            f"job {job_id}'s new secret is sealed to whoever enqueued it, not to you",
+            err=True,
+        )
 
 
 def _recipient_for(task: str, args: dict[str, Any]) -> Recipient | None:

@@ -44,6 +44,7 @@ def enqueue(
     run_at: datetime | None = None,
     registry: Registry | None = None,
     check: bool = True,
+    unique_key: str | None = None,
 ) -> int:
     """Enqueue a job and return its id.
 
@@ -52,17 +53,69 @@ def enqueue(
     otherwise it is committed before this returns, on `database_url`, else
     DATABASE_URL, else the embedded database. With `check`, the handler (the one
     given, or the task's in `registry`, by default the installed handlers) must
-    accept `args`.
+    accept `args`. With `unique_key`, nothing is inserted while a queued or running
+    job has the same key: the id returned is that job's (see `enqueue_unique`).
     """
     options = store.JobOptions(queue, priority, max_attempts, delay, run_at)
     name, checked = _checked(
         task, [{} if args is None else args], options, registry, check
     )
+    if unique_key is not None:
+        return _insert_unique(
+            conn, database_url, name, checked[0], unique_key, options
+        ).id
     if conn is not None:
         return store.insert_job(conn, name, checked[0], options)
     url = embedded.resolve_database_url(database_url)
     with store.connect(url, autocommit=True) as own:
         return store.insert_job(own, name, checked[0], options)
+
+
+def enqueue_unique(
+    task: str | Handler,
+    args: dict[str, Any] | None,
+    unique_key: str,
+    *,
+    conn: store.Connection | None = None,
+    database_url: str | None = None,
+    queue: str = "default",
+    priority: int = 0,
+    max_attempts: int = 5,
+    delay: float = 0,
+    run_at: datetime | None = None,
+    registry: Registry | None = None,
+    check: bool = True,
+) -> store.Inserted:
+    """Enqueue a job unless a queued or running job has `unique_key`; return the
+    id of the job that stands for it, and whether it is new.
+
+    Race-free: of concurrent callers with the same key, one inserts and the others
+    get its id. A finished job no longer holds its key. The other parameters are
+    those of `enqueue`; a job that already existed keeps its own arguments and
+    options.
+    """
+    options = store.JobOptions(queue, priority, max_attempts, delay, run_at)
+    name, checked = _checked(
+        task, [{} if args is None else args], options, registry, check
+    )
+    return _insert_unique(conn, database_url, name, checked[0], unique_key, options)
+
+
+def _insert_unique(
+    conn: store.Connection | None,
+    database_url: str | None,
+    task: str,
+    args: dict[str, Any],
+    unique_key: str,
+    options: store.JobOptions,
+) -> store.Inserted:
+    if not unique_key:
+        raise InvalidArguments("the unique key must not be empty")
+    if conn is not None:
+        return store.insert_unique_job(conn, task, args, unique_key, options)
+    url = embedded.resolve_database_url(database_url)
+    with store.connect(url, autocommit=True) as own:
+        return store.insert_unique_job(own, task, args, unique_key, options)
 
 
 def enqueue_many(

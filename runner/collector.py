@@ -146,7 +146,7 @@ class QueueCollector:
         try:
             with store.translate_errors(), conn.transaction():
                 conn.execute(
-                    _query("statement_timeout_set_local"),
+                    queries.query("statement_timeout_set_local"),
                     {"milliseconds": milliseconds},
                 )
                 rows = conn.execute(_query("queue_depths")).fetchall()

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+import string
+from dataclasses import dataclass, field, fields
 
 from runner.errors import ConfigurationError
+
+# A bearer token must be hard to guess and fit an HTTP header as it is.
+MIN_TOKEN_LENGTH = 32
+_TOKEN_CHARACTERS = frozenset(string.ascii_letters + string.digits + string.punctuation)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,11 @@ class Settings:
     1 claims each job only when the one before it has finished."""
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
+    api_token: str | None = field(default=None, repr=False)
+    """The bearer token of the HTTP API; None turns the API off."""
+    rotate_keys_older_than: float = 0.0
+    """Hours: enqueue a rotation of every API key older than this; 0 turns it off."""
+    rotate_keys_interval: float = 3600.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -55,6 +65,7 @@ class Settings:
             "heartbeat_interval",
             "rescue_interval",
             "prune_interval",
+            "rotate_keys_interval",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{_option(name)} must be more than 0")
@@ -66,11 +77,22 @@ class Settings:
                 f"{_option('stall_threshold')} must be at least twice "
                 f"{_option('heartbeat_interval')} ({self.heartbeat_interval:g} s)"
             )
+        if self.api_token is not None:
+            _check_token(self.api_token)
         if self.retry_max_delay < self.retry_base_delay:
             raise ConfigurationError(
                 f"{_option('retry_max_delay')} must not be less than "
                 f"{_option('retry_base_delay')}"
             )
+
+
+def _check_token(token: str) -> None:
+    # The message never quotes the token.
+    if len(token) < MIN_TOKEN_LENGTH or not set(token) <= _TOKEN_CHARACTERS:
+        raise ConfigurationError(
+            f"{_option('api_token')} must be at least {MIN_TOKEN_LENGTH} printable "
+            "ASCII characters, without spaces"
+        )
 
 
 def _option(name: str) -> str:

@@ -1,8 +1,10 @@
 """The HTTP server of `runner run`: a table of routes served from a daemon thread.
 
-It serves `/metrics`, `/healthz` and `/readyz` today; other modules add their own
-routes with `HttpServer.add_route`. Built on the standard library's `http.server`,
-one thread per request, so a slow route never holds up another.
+It serves `/metrics`, `/healthz` and `/readyz`, and the HTTP API when it is on
+(runner.api); other modules add their own routes with `HttpServer.add_route`. A
+route's path may hold parameters (`/v1/jobs/{job_id}`). Built on the standard
+library's `http.server`, one thread per request, so a slow route never holds up
+another.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +34,15 @@ class Request:
     method: str
     path: str
     query: Mapping[str, list[str]]
-    headers: Mapping[str, str]
-    body: bytes = b""
+    # Out of reprs: they may carry credentials (Authorization).
+    headers: Mapping[str, str] = field(repr=False)
+    body: bytes = field(default=b"", repr=False)
+    params: Mapping[str, str] = field(default_factory=dict)
+    """The values of the route's path parameters, by name, percent-decoded."""
+    route: str = ""
+    """The path of the route that matched, parameters unfilled: a bounded label."""
+    client: str = ""
+    """The client's address."""
 
 
 @dataclass(frozen=True)
@@ -48,9 +57,11 @@ class Response:
         return cls(status, text.encode())
 
     @classmethod
-    def json(cls, status: int, value: Any) -> Response:
+    def json(
+        cls, status: int, value: Any, headers: Mapping[str, str] | None = None
+    ) -> Response:
         body = json.dumps(value, indent=2, sort_keys=True) + "\n"
-        return cls(status, body.encode(), "application/json")
+        return cls(status, body.encode(), "application/json", headers or {})
 
 
 Handler = Callable[[Request], Response]
@@ -58,9 +69,38 @@ Handler = Callable[[Request], Response]
 
 @dataclass(frozen=True)
 class Route:
+    path: str
     handler: Handler
     methods: frozenset[str]
     """HEAD is allowed wherever GET is."""
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        return tuple(self.path.split("/"))
+
+    def match(self, path: str) -> dict[str, str] | None:
+        """The path parameters when `path` is one of this route's, else None."""
+        given = path.split("/")
+        if len(given) != len(self.segments):
+            return None
+        params: dict[str, str] = {}
+        for pattern, value in zip(self.segments, given, strict=True):
+            name = _parameter(pattern)
+            if name is None:
+                if pattern != value:
+                    return None
+            elif value:
+                params[name] = unquote(value)
+            else:
+                return None
+        return params
+
+
+def _parameter(segment: str) -> str | None:
+    """The name of the parameter that a path segment such as `{job_id}` is."""
+    if len(segment) > 2 and segment[0] == "{" and segment[-1] == "}":
+        return segment[1:-1]
+    return None
 
 
 class HttpServer:
@@ -85,8 +125,17 @@ class HttpServer:
     def add_route(
         self, path: str, handler: Handler, methods: Collection[str] = ("GET",)
     ) -> None:
-        """Serve `path` (exactly, whatever the query string) with `handler`."""
-        self._server.routes[path] = Route(handler, frozenset(methods))
+        """Serve `path` (whatever the query string) with `handler`.
+
+        A segment `{name}` of `path` is a parameter: it matches any one non-empty
+        segment, whose value the handler finds in `Request.params`. A path without
+        parameters wins over one with them; otherwise the first route added wins.
+        """
+        route = Route(path, handler, frozenset(methods))
+        if any(_parameter(segment) for segment in route.segments):
+            self._server.templates.append(route)
+        else:
+            self._server.routes[path] = route
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -106,12 +155,24 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, host: str, port: int) -> None:
         self.routes: dict[str, Route] = {}
+        self.templates: list[Route] = []
         # IPv4 or IPv6, whichever the host names.
         info = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
         self.address_family = info[0][0]
         super().__init__((host, port), _RequestHandler)
+
+    def match(self, path: str) -> tuple[Route, dict[str, str]] | None:
+        """The route that serves `path`, and its path parameters."""
+        route = self.routes.get(path)
+        if route is not None:
+            return route, {}
+        for template in self.templates:
+            params = template.match(path)
+            if params is not None:
+                return template, params
+        return None
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Mostly a client that hung up; the default prints a traceback to stderr.
@@ -141,7 +202,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         url = urlsplit(self.path)
-        route = self.server.routes.get(url.path)
+        route, params = self.server.match(url.path) or (None, {})
         length = self._body_length()
         refusal = self._refusal(route, length)
         if refusal is not None or route is None or length is None:
@@ -153,6 +214,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
             query=parse_qs(url.query),
             headers={name.lower(): value for name, value in self.headers.items()},
             body=self.rfile.read(length) if length else b"",
+            params=params,
+            route=route.path,
+            client=self.address_string(),
         )
         self._send(self._respond(route, request))
 

@@ -151,3 +151,14 @@ WEBHOOK_DELIVERY_DURATION = Histogram(
     "Time from sending a webhook request to its answer, or to its failure.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+API_REQUESTS = Counter(
+    "runner_api_requests",
+    "Requests to the HTTP API, by route (its path pattern) and status code.",
+    ["route", "status"],
+)
+KEY_ROTATIONS_ENQUEUED = Counter(
+    "runner_key_rotations_enqueued",
+    "Key rotation jobs enqueued by the HTTP API (api) and by the automatic rotation "
+    "(schedule); a request answered with a rotation already queued is not counted.",
+    ["source"],
+)

@@ -5,7 +5,9 @@
   its jobs someone asked to cancel;
 - rescuer: puts back jobs whose runner went silent, counting the lost attempt;
 - pruner: deletes finished jobs past their retention (one for succeeded jobs, one
-  for failed and cancelled ones), in bounded batches.
+  for failed and cancelled ones), in bounded batches;
+- rotator, when configured: enqueues a rotation of the API keys older than the
+  configured age that are not expired and not rotated yet, a bounded batch per pass.
 
 Every runner schedules the sweeps, but a sweep starts only after claiming its slot
 in `runner.sweeps`, which no runner can claim twice within one interval: a sweep
@@ -40,6 +42,12 @@ PRUNE_BATCH = 1000
 # Cap on batches per final state per pruning pass, so one pass ends and the rest
 # waits for the next.
 PRUNE_MAX_BATCHES = 100
+# Keys whose rotation one pass of the rotator enqueues at most: a backlog of old
+# keys (when the rotation is first turned on) is worked off over several passes,
+# rather than flooding the queue and the webhooks at once.
+ROTATE_BATCH = 500
+# The `requested_by` of the rotations it enqueues, in the rotations' audit trail.
+ROTATED_BY = "schedule"
 
 
 def every(seconds: float) -> IntervalTrigger:
@@ -92,6 +100,14 @@ class MaintenanceScheduler:
             "pruner",
             s.prune_interval,
         )
+        if s.rotate_keys_older_than > 0:
+            self._add(
+                self._sweep(
+                    "rotator", s.rotate_keys_interval, self.rotate_keys, atomic=True
+                ),
+                "rotator",
+                s.rotate_keys_interval,
+            )
         self._scheduler.start()
 
     def shutdown(self) -> None:
@@ -253,6 +269,19 @@ class MaintenanceScheduler:
             if deleted < PRUNE_BATCH:
                 break
         return total
+
+    def rotate_keys(self, conn: store.Connection) -> None:
+        age = self._settings.rotate_keys_older_than * 3600.0
+        enqueued = store.enqueue_due_rotations(conn, age, ROTATE_BATCH, ROTATED_BY)
+        if not enqueued:
+            return
+        metrics.KEY_ROTATIONS_ENQUEUED.labels("schedule").inc(len(enqueued))
+        logger.info(
+            "enqueued the rotation of %s keys older than %g hours",
+            len(enqueued),
+            self._settings.rotate_keys_older_than,
+            extra={"action": "key_rotations_scheduled"},
+        )
 
 
 def report_moved(

@@ -164,6 +164,43 @@ def insert_job(
     return int(row[0])
 
 
+class Inserted(NamedTuple):
+    """The job that an enqueue with a unique key stands for."""
+
+    id: int
+    created: bool
+    """False: a queued or running job already had the key, and `id` is that job."""
+
+
+# Times to try the insert again when the job that held the unique key finished
+# between the insert that yielded to it and the read of its id.
+_UNIQUE_TRIES = 5
+
+
+def insert_unique_job(
+    conn: Connection,
+    task: str,
+    args: dict[str, Any],
+    unique_key: str,
+    options: JobOptions = DEFAULT_OPTIONS,
+) -> Inserted:
+    """Insert one job unless a queued or running job has `unique_key`.
+
+    In the connection's current transaction, which must be READ COMMITTED (the
+    default): each statement then sees what racing inserts committed.
+    """
+    params = {**_insert_params(task, Jsonb(args), options), "unique_key": unique_key}
+    with translate_errors():
+        for _ in range(_UNIQUE_TRIES):
+            row = conn.execute(queries.query("job_insert_unique"), params).fetchone()
+            if row is not None:
+                return Inserted(int(row[0]), created=True)
+            row = conn.execute(queries.query("job_get_unique"), params).fetchone()
+            if row is not None:
+                return Inserted(int(row[0]), created=False)
+    raise DatabaseError(f"the jobs with unique key {unique_key!r} kept changing")
+
+
 def insert_jobs(
     conn: Connection,
     task: str,
@@ -458,3 +495,40 @@ def prune_batch(
     with translate_errors():
         cur = conn.execute(queries.query("job_prune"), params)
     return cur.rowcount
+
+
+# The unique key of a key's rotation jobs, followed by the key's id: the HTTP API
+# and the automatic rotation share it, so that a key has one rotation in the queue.
+ROTATION_KEY_PREFIX = "rotate_key:"
+
+
+def rotation_key(key_id: int) -> str:
+    """The unique key of the rotation jobs of the API key `key_id`."""
+    return f"{ROTATION_KEY_PREFIX}{key_id}"
+
+
+def api_key_expiry(
+    conn: Connection, key_id: int
+) -> tuple[bool, datetime | None] | None:
+    """Whether the API key has expired, and its expiry; None when there is none."""
+    with translate_errors():
+        row = conn.execute(
+            queries.query("api_key_expiry"), {"key_id": key_id}
+        ).fetchone()
+    return None if row is None else (bool(row[0]), row[1])
+
+
+def enqueue_due_rotations(
+    conn: Connection, age: float, batch: int, requested_by: str
+) -> list[tuple[int, int]]:
+    """Enqueue a rotation of up to `batch` keys older than `age` seconds that are
+    not expired and not rotated, oldest first; return (job id, key id) pairs."""
+    params = {
+        "age": age,
+        "batch": batch,
+        "requested_by": requested_by,
+        "unique_prefix": ROTATION_KEY_PREFIX,
+    }
+    with translate_errors():
+        rows = conn.execute(queries.query("job_insert_due_rotations"), params)
+        return [(int(job_id), int(key_id)) for job_id, key_id in rows]

@@ -1,11 +1,6 @@
 -- Queries of the metrics collector (runner.collector), run at scrape time on its
 -- own connection. runner.queries loads them once. Every value is a bound parameter.
 
--- name: statement_timeout_set_local
--- Bounds the statements of this transaction only, so the setting holds behind a
--- pooler in transaction mode too, where a session setting would not stay with us.
-SELECT set_config('statement_timeout', %(milliseconds)s, true);
-
 -- name: queue_depths
 -- One row per queue and part: queued jobs (runnable now, or scheduled for later,
 -- with the age of the oldest runnable one), then running jobs. Each part reads only

@@ -19,6 +19,68 @@ FROM unnest(%(args)s::jsonb[]) WITH ORDINALITY AS a (args, n)
 ORDER BY a.n
 RETURNING id;
 
+-- name: job_insert_unique
+-- Insert the job unless a queued or running job has the same unique key. A racing
+-- insert of the same key waits here for the other transaction, then inserts nothing
+-- if it committed; job_get_unique then reads the job that won.
+INSERT INTO runner.jobs (task, args, queue, priority, max_attempts, run_at, unique_key)
+VALUES (
+    %(task)s, %(args)s, %(queue)s, %(priority)s, %(max_attempts)s,
+    coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay)s)),
+    %(unique_key)s
+)
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
+DO NOTHING
+RETURNING id;
+
+-- name: job_get_unique
+-- The queued or running job with a unique key: a lookup in jobs_unique_key_idx.
+SELECT id FROM runner.jobs
+WHERE unique_key = %(unique_key)s AND state IN ('queued', 'running');
+
+-- name: job_insert_due_rotations
+-- Enqueue a rotation of each key older than `age` seconds that has not expired, has
+-- no successor and no rotation queued or running: the oldest `batch` of them. Each
+-- half reads one index range (see schema.sql), stopping once it has enough.
+WITH candidates AS (
+    (SELECT k.id, k.created_at
+     FROM control_plane.api_keys AS k
+     WHERE k.expires_at IS NULL
+       AND k.created_at < now() - make_interval(secs => %(age)s)
+       AND NOT EXISTS (
+           SELECT 1 FROM control_plane.api_keys AS s WHERE s.replaces_key_id = k.id)
+       AND NOT EXISTS (
+           SELECT 1 FROM runner.jobs AS j
+           WHERE j.unique_key = %(unique_prefix)s::text || k.id
+             AND j.state IN ('queued', 'running'))
+     ORDER BY k.created_at, k.id
+     LIMIT %(batch)s)
+    UNION ALL
+    (SELECT k.id, k.created_at
+     FROM control_plane.api_keys AS k
+     WHERE k.expires_at > now()
+       AND k.created_at < now() - make_interval(secs => %(age)s)
+       AND NOT EXISTS (
+           SELECT 1 FROM control_plane.api_keys AS s WHERE s.replaces_key_id = k.id)
+       AND NOT EXISTS (
+           SELECT 1 FROM runner.jobs AS j
+           WHERE j.unique_key = %(unique_prefix)s::text || k.id
+             AND j.state IN ('queued', 'running'))
+     ORDER BY k.created_at, k.id
+     LIMIT %(batch)s)
+), due AS (
+    SELECT id FROM candidates ORDER BY created_at, id LIMIT %(batch)s
+)
+INSERT INTO runner.jobs (task, args, unique_key)
+SELECT 'rotate_key',
+       jsonb_build_object('key_id', id, 'requested_by', %(requested_by)s::text),
+       %(unique_prefix)s::text || id
+FROM due
+-- A rotation enqueued meanwhile by someone else wins.
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
+DO NOTHING
+RETURNING id, (args ->> 'key_id')::integer;
+
 -- name: job_claim
 -- Claim up to `limit` runnable jobs: highest priority, then oldest, from the
 -- runner's queues (or any queue). Their attempts are counted here, before their
@@ -153,7 +215,8 @@ RETURNING id;
 
 -- name: job_get
 SELECT id, task, args, queue, priority, state::text, attempts, max_attempts, run_at,
-       claimed_by, claimed_at, last_error, result, created_at, updated_at, finished_at
+       claimed_by, claimed_at, last_error, result, created_at, updated_at, finished_at,
+       unique_key
 FROM runner.jobs
 WHERE id = %(id)s;
 
@@ -260,6 +323,17 @@ UPDATE runner.sweeps
 SET last_finished_at = now(),
     last_succeeded_at = CASE WHEN %(succeeded)s THEN now() ELSE last_succeeded_at END
 WHERE name = %(sweep)s;
+
+-- name: statement_timeout_set_local
+-- Bounds the statements of this transaction only, so the setting holds behind a
+-- pooler in transaction mode too, where a session setting would not stay with us.
+SELECT set_config('statement_timeout', %(milliseconds)s, true);
+
+-- name: api_key_expiry
+-- Whether the key exists, and whether it has expired.
+SELECT expires_at IS NOT NULL AND expires_at <= now() AS expired, expires_at
+FROM control_plane.api_keys
+WHERE id = %(key_id)s;
 
 -- name: clock_now
 SELECT now();

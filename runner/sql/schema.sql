@@ -210,6 +210,28 @@ CREATE TABLE IF NOT EXISTS control_plane.api_key_rotations (
 CREATE INDEX IF NOT EXISTS api_key_rotations_old_key_idx
     ON control_plane.api_key_rotations (old_key_id);
 
+-- Also version 2: deduplication. A job enqueued with a unique key is not inserted
+-- while another job with that key is queued or running; the enqueuer gets that job
+-- instead (job_insert_unique). Running jobs count too, so that a job put back in
+-- the queue (retried, rescued, released) never collides with a newer one: only an
+-- insert and a retry by hand can meet the index.
+ALTER TABLE runner.jobs
+    ADD COLUMN IF NOT EXISTS unique_key text CHECK (unique_key <> '');
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_key_idx
+    ON runner.jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND state IN ('queued', 'running');
+
+-- Also version 2: automatic rotation (runner.scheduler) finds the keys due for it
+-- through two index ranges that stay small however many keys have been rotated and
+-- expired: keys without an expiry, by age, and keys by expiry, read from now on
+-- (those issued with an expiry, and those rotated within the longest grace period).
+CREATE INDEX IF NOT EXISTS api_keys_unexpiring_created_idx
+    ON control_plane.api_keys (created_at, id)
+    WHERE expires_at IS NULL;
+CREATE INDEX IF NOT EXISTS api_keys_expires_at_idx
+    ON control_plane.api_keys (expires_at)
+    WHERE expires_at IS NOT NULL;
+
 CREATE TABLE IF NOT EXISTS runner.schema_version (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version integer NOT NULL,

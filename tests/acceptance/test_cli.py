@@ -66,6 +66,26 @@ def test_enqueue_options_are_stored(env, conn):
     assert (job["queue"], job["priority"], job["max_attempts"]) == ("mail", 5, 2)
 
 
+def test_enqueue_with_a_unique_key_prints_the_queued_job(env, conn):
+    key_id = db.new_key(conn)
+    first = run_cli(env, "enqueue", "echo", "--unique-key", "daily")
+    again = run_cli(env, "enqueue", "echo", "--unique-key", "daily")
+    rotation = ["enqueue", "rotate_key", "--key-id", str(key_id)]
+    sealed = run_cli(env, *rotation, "--unique-key", f"rotate_key:{key_id}")
+    not_ours = run_cli(env, *rotation, "--unique-key", f"rotate_key:{key_id}")
+
+    assert first.returncode == again.returncode == 0, again.stderr
+    assert first.stdout == again.stdout
+    assert again.stderr == (
+        f"job {int(first.stdout)} with unique key 'daily' is already queued or "
+        "running: nothing enqueued\n"
+    )
+    assert not_ours.returncode == 0, not_ours.stderr
+    assert not_ours.stdout == sealed.stdout
+    assert "sealed to whoever enqueued it, not to you" in not_ours.stderr
+    assert conn.execute("SELECT count(*) FROM runner.jobs").fetchone() == (2,)
+
+
 def test_migrate_twice_and_list_handlers(env):
     for _ in range(2):
         done = run_cli(env, "migrate")

@@ -348,7 +348,8 @@ def test_operator_commands_need_the_current_schema(conn, database_url):
 def test_migrating_a_version_1_database_keeps_its_jobs(conn):
     # Take the database back to version 1, as the last release left it.
     conn.execute(
-        "ALTER TABLE runner.jobs DROP COLUMN errors, DROP COLUMN cancel_requested_at;"
+        "ALTER TABLE runner.jobs DROP COLUMN errors, DROP COLUMN cancel_requested_at,"
+        " DROP COLUMN unique_key;"
         " DROP FUNCTION runner.job_errors_append;"
         " DROP INDEX runner.jobs_finished_state_idx;"
         " CREATE INDEX jobs_finished_idx ON runner.jobs (finished_at)"
@@ -371,6 +372,7 @@ def test_migrating_a_version_1_database_keeps_its_jobs(conn):
         )
     }
     assert "jobs_finished_state_idx" in indexes
+    assert "jobs_unique_key_idx" in indexes
     assert "jobs_finished_idx" not in indexes
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute("UPDATE runner.jobs SET errors = '{}' WHERE id = %s", (job_id,))

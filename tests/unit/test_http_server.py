@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -79,3 +80,39 @@ def test_a_failing_route_answers_500_and_the_server_carries_on(server, caplog):
 def test_a_port_in_use_fails_at_construction(server):
     with pytest.raises(OSError):
         HttpServer("127.0.0.1", server.port)
+
+
+def test_path_parameters_are_matched_and_decoded(server):
+    seen: list[Request] = []
+
+    def job(request: Request) -> Response:
+        seen.append(request)
+        return Response.json(200, dict(request.params))
+
+    server.add_route("/v1/jobs/{job_id}", job)
+    server.add_route("/v1/keys/{key_id}/rotate", job, methods=["POST"])
+
+    assert json.loads(call(server, "GET", "/v1/jobs/12?x=1").read()) == {"job_id": "12"}
+    assert json.loads(call(server, "POST", "/v1/keys/a%20b/rotate").read()) == {
+        "key_id": "a b"
+    }
+    assert [r.route for r in seen] == ["/v1/jobs/{job_id}", "/v1/keys/{key_id}/rotate"]
+    assert seen[0].client == "127.0.0.1"
+    for path in ("/v1/jobs/", "/v1/jobs", "/v1/jobs/12/more", "/v1/keys//rotate"):
+        assert call(server, "GET", path).status == 404, path
+    refused = call(server, "GET", "/v1/keys/3/rotate")
+    assert refused.status == 405
+    assert refused.getheader("Allow") == "POST"
+
+
+def test_a_path_without_parameters_wins_over_one_with_them(server):
+    server.add_route("/v1/jobs/{job_id}", lambda request: Response.text(200, "one\n"))
+    server.add_route("/v1/jobs/stats", lambda request: Response.text(200, "stats\n"))
+
+    assert call(server, "GET", "/v1/jobs/stats").read() == b"stats\n"
+    assert call(server, "GET", "/v1/jobs/7").read() == b"one\n"
+
+
+def test_a_request_keeps_its_headers_and_body_out_of_its_repr():
+    request = Request("POST", "/x", {}, {"authorization": "Bearer hunter2"}, b"hunter3")
+    assert "hunter" not in repr(request)
