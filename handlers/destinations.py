@@ -142,6 +142,9 @@ def _parse(url: str) -> httpx.URL:
     if parsed.userinfo:
         # Credentials in the URL would show wherever the URL is shown.
         raise AddressRefused("a webhook URL must not carry a user name or password")
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        # The socket layer would take the port modulo 65536: another port.
+        raise AddressRefused(f"port {parsed.port} is not a TCP port (1 to 65535)")
     return parsed
 
 

@@ -330,7 +330,7 @@ def _task_options(extra: list[str]) -> dict[str, Any]:
     while items:
         item = items.pop(0)
         if not item.startswith("--") or len(item) == 2:
-            raise InvalidArguments(f"unexpected argument {item!r}")
+            raise click.UsageError(f"unexpected argument {item!r}")
         name, sep, value = item[2:].partition("=")
         if not sep:
             if items and not items[0].startswith("--"):
@@ -346,8 +346,19 @@ def _pairs(values: tuple[str, ...]) -> dict[str, Any]:
     for pair in values:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise InvalidArguments(f"--arg takes name=value, not {pair!r}")
+            raise click.UsageError(f"--arg takes name=value, not {pair!r}")
         args[name] = _parse_value(value)
+    return args
+
+
+def _merged(*sources: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of --args, --arg and the task's options, each given once."""
+    args: dict[str, Any] = {}
+    for source in sources:
+        for name, value in source.items():
+            if name in args and args[name] != value:
+                raise click.UsageError(f"the argument {name!r} is given twice")
+            args[name] = value
     return args
 
 
@@ -357,9 +368,9 @@ def _json_args(text: str | None) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise InvalidArguments(f"--args is not valid JSON: {exc}") from None
+        raise click.UsageError(f"--args is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise InvalidArguments("--args must be a JSON object")
+        raise click.UsageError("--args must be a JSON object")
     return value
 
 
@@ -443,7 +454,7 @@ def enqueue(
         raise click.UsageError("give --run-at or --delay, not both")
     if run_at is not None and run_at.tzinfo is None:
         run_at = run_at.replace(tzinfo=UTC)
-    args = {**_json_args(args_json), **_pairs(arg_pairs), **_task_options(ctx.args)}
+    args = _merged(_json_args(args_json), _pairs(arg_pairs), _task_options(ctx.args))
     if task == "rotate_key":
         # The rotation's audit record names who asked for it.
         args.setdefault("requested_by", "cli")
@@ -512,29 +523,39 @@ def _wait(
     first = WAIT_NOTICE_AFTER if timeout is None else min(timeout, WAIT_NOTICE_AFTER)
     try:
         return client.wait_for(conn, job_id, first)
-    except WaitTimedOut as exc:
+    except WaitTimedOut:
         if timeout is not None and timeout <= WAIT_NOTICE_AFTER:
-            raise _still_waiting(exc, job_id, sealed) from None
-        click.echo(f"waiting for job {job_id}: is a runner running?", err=True)
+            raise _still_waiting(conn, job_id, timeout, sealed) from None
+    state = store.get_job(conn, job_id)["state"]
+    why = "is a runner running?" if state == JobState.QUEUED else f"it is {state}"
+    click.echo(f"waiting for job {job_id}: {why}", err=True)
     rest = None if timeout is None else timeout - first
     try:
         return client.wait_for(conn, job_id, rest)
-    except WaitTimedOut as exc:
-        raise _still_waiting(exc, job_id, sealed) from None
+    except WaitTimedOut:
+        raise _still_waiting(conn, job_id, timeout or 0, sealed) from None
 
 
-def _still_waiting(exc: WaitTimedOut, job_id: int, sealed: bool) -> RunnerError:
+def _still_waiting(
+    conn: store.Connection, job_id: int, timeout: float, sealed: bool
+) -> RunnerError:
+    state = store.get_job(conn, job_id)["state"]
     hint = f"; {_secret_hint(job_id)}" if sealed else ""
-    return WaitTimedOut(f"{exc}; it will still run{hint}")
+    return WaitTimedOut(
+        f"job {job_id} is still {state} after {timeout:g} s; it will still run{hint}"
+    )
 
 
 def _print_outcome(
     conn: store.Connection, job: dict[str, Any], recipient: Recipient | None
 ) -> None:
     if job["state"] != JobState.SUCCEEDED:
-        if recipient is not None:
-            Inbox().discard(job["id"])
-        raise RunnerError(f"job {job['id']} {job['state']}: {job['last_error']}")
+        # The key stays in the inbox: `runner jobs retry` may run the job again,
+        # and `runner secret` then shows its secret.
+        raise RunnerError(
+            f"job {job['id']} {job['state']}"
+            + (f": {job['last_error']}" if job["last_error"] else "")
+        )
     secret = None
     if recipient is not None:
         secret = open_secret(conn, job, recipient)
@@ -556,9 +577,10 @@ def secret(obj: _Context, job_id: int) -> None:
         if not JobState(job["state"]).is_final:
             raise RunnerError(f"job {job_id} is still {job['state']}: try again later")
         if job["state"] != JobState.SUCCEEDED:
-            inbox.discard(job_id)
+            # The key stays in the inbox: `runner jobs retry` may run the job again.
             raise RunnerError(
-                f"job {job_id} {job['state']} and issued no key: {job['last_error']}"
+                f"job {job_id} {job['state']} and issued no key"
+                + (f": {job['last_error']}" if job["last_error"] else "")
             )
         value = open_secret(conn, job, recipient)
     inbox.discard(job_id)

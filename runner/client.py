@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -16,6 +16,8 @@ from runner.registry import Handler, Registry, discover
 
 # PostgreSQL's integer range, for priorities and attempt counts.
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+# The longest delay a job may be given, in seconds: 100 years.
+MAX_DELAY = 100 * 365.25 * 86400
 # Jobs per statement of enqueue_many: bounds the size of one statement's parameters.
 INSERT_CHUNK = 5000
 
@@ -192,15 +194,26 @@ def _check_args(args: object) -> None:
 
 
 def _check_options(options: store.JobOptions) -> None:
-    queue, priority, max_attempts, delay, _ = options
+    queue, priority, max_attempts, delay, run_at = options
     if not queue:
         raise InvalidArguments("the queue name must not be empty")
     if not _INT_MIN <= priority <= _INT_MAX:
         raise InvalidArguments(f"the priority must be a 32-bit integer, not {priority}")
     if not 1 <= max_attempts <= _INT_MAX:
         raise InvalidArguments("max attempts must be at least 1")
-    if not (math.isfinite(delay) and delay >= 0):
-        raise InvalidArguments("the delay must be a number of seconds, 0 or more")
+    if not (math.isfinite(delay) and 0 <= delay <= MAX_DELAY):
+        raise InvalidArguments(
+            f"the delay must be a number of seconds from 0 to {MAX_DELAY:.0f} "
+            "(100 years)"
+        )
+    if run_at is not None:
+        try:
+            # Out of Python's range in UTC, a time would not read back either.
+            run_at.astimezone(UTC)
+        except OverflowError:
+            raise InvalidArguments(
+                "the run time must fall within the years 1 to 9999, in UTC"
+            ) from None
 
 
 def get_job(job_id: int, database_url: str | None = None) -> dict[str, Any]:

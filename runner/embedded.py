@@ -53,7 +53,13 @@ def start(data_dir: Path) -> str:
     if server is None:
         # pgserver reports each step of its start at INFO.
         logging.getLogger("pgserver").setLevel(logging.WARNING)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot make the embedded PostgreSQL's folder {data_dir}: "
+                f"{exc.strerror}"
+            ) from None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -7,11 +7,11 @@ that promise, plus `LIVENESS_GRACE`, has not run out; a handler stuck past its
 deadline, or a loop stuck in a call that never returns, makes it not alive, which
 is what a platform's liveness probe should restart.
 
-It is ready while the job loop holds its database connection and the listener
-listens, or while the runner knowingly polls because notifications do not arrive
-(behind a pooler in transaction mode). The loop notices a lost database when it
-next uses a connection: at once while it waits for jobs, and only after the
-current job while a handler runs.
+It is ready while the job loop takes jobs (it is not shutting down), holds its
+database connection, and the listener listens, or while the runner knowingly polls
+because notifications do not arrive (behind a pooler in transaction mode). The
+loop notices a lost database when it next uses a connection: at once while it
+waits for jobs, and only after the current job while a handler runs.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Health:
         self._turn = _Turn("starting", time.monotonic())
         self._database = False
         self._listener = "down"
+        self._stopping = False
         self._lock = threading.Lock()
 
     # Reports from the job loop
@@ -63,6 +64,13 @@ class Health:
         with self._lock:
             self._database = False
             self._listener = "down"
+
+    def stopping(self) -> None:
+        """The runner takes no more jobs: it is shutting down.
+
+        Called from a signal handler, so it takes no lock (one assignment is atomic).
+        """
+        self._stopping = True
 
     # What the endpoints say
 
@@ -83,6 +91,7 @@ class Health:
             checks = {
                 "database": "up" if self._database else "down",
                 "listener": self._listener,
+                "claiming": "down" if self._stopping else "up",
             }
         down = sorted(name for name, state in checks.items() if state == "down")
         report: dict[str, Any] = {

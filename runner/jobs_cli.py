@@ -39,17 +39,21 @@ def _since(
         return None
     text = value.strip()
     span = _SPAN.match(text)
-    if span:
-        seconds = float(span[1]) * _SPAN_UNITS[span[2]]
-        return admin.Since(ago=timedelta(seconds=seconds))
     try:
+        if span:
+            seconds = float(span[1]) * _SPAN_UNITS[span[2]]
+            return admin.Since(ago=timedelta(seconds=seconds))
         at = datetime.fromisoformat(text)
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        at.astimezone(UTC)  # a time that only exists outside years 1-9999 in UTC
+    except OverflowError:
+        raise click.BadParameter(f"{text!r} is out of range") from None
     except ValueError:
         raise click.BadParameter(
             f"{text!r} is neither a span such as 10m, 2h or 1d nor an ISO time "
             "such as 2026-12-24T18:00:00"
         ) from None
-    return admin.Since(at=at if at.tzinfo else at.replace(tzinfo=UTC))
+    return admin.Since(at=at)
 
 
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -172,6 +172,11 @@ def handler(
 
     def wrap(func: Callable[..., Any]) -> Handler:
         name = name_or_func if isinstance(name_or_func, str) else func.__name__
+        if not (context or transactional) and _wants_context(func):
+            raise ConfigurationError(
+                f"handler {name!r} takes a JobContext first: declare it with "
+                "@handler(context=True), or transactional=True"
+            )
         doc = inspect.getdoc(func) or ""
         return Handler(
             name=name,
@@ -186,6 +191,17 @@ def handler(
     if callable(name_or_func):
         return wrap(name_or_func)
     return wrap
+
+
+def _wants_context(func: Callable[..., Any]) -> bool:
+    """Whether the first parameter is annotated JobContext."""
+    params = list(inspect.signature(func).parameters.values())
+    if not params:
+        return False
+    annotation = params[0].annotation
+    if isinstance(annotation, str):
+        return annotation.rsplit(".", 1)[-1] == "JobContext"
+    return annotation is JobContext
 
 
 class Registry:

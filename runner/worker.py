@@ -125,6 +125,7 @@ class Worker:
     def stop(self) -> None:
         """Ask the loop to stop after the current job."""
         self._stopping = True
+        self.health.stopping()
         os.write(self._wakeup_w, b"\0")
 
     # The loop
@@ -644,6 +645,7 @@ class Worker:
             self._deadline_reason = "shutdown"
             raise _DeadlinePassed
         self._stopping = True
+        self.health.stopping()
         if not self._in_handler:
             logger.info(
                 "%s received: stopping", name, extra={"action": "worker_stopping"}

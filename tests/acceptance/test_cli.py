@@ -197,3 +197,40 @@ def test_a_broken_handler_module_is_one_line(env, tmp_path):
         "handlers",
     )
     assert "cannot import handler module 'broken_jobs'" in one_line_error(done)
+
+
+def test_malformed_arguments_are_usage_errors(env):
+    assert run_cli(env, "enqueue", "echo", "--args", "{nope").returncode == 2
+    assert run_cli(env, "enqueue", "echo", "--arg", "x").returncode == 2
+
+
+def test_an_argument_given_twice_is_refused(env, conn):
+    done = run_cli(
+        env, "enqueue", "rotate_key", "--key-id", "1", "--args", '{"key_id": 2}'
+    )
+    assert "the argument 'key_id' is given twice" in one_line_error(done)
+    assert done.returncode == 2
+    assert conn.execute("SELECT count(*) FROM runner.jobs").fetchone() == (0,)
+
+
+def test_run_times_outside_the_calendar_are_refused(env, conn):
+    for when in ("9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"):
+        line = one_line_error(run_cli(env, "enqueue", "echo", "--run-at", when))
+        assert "years 1 to 9999" in line
+    assert "100 years" in one_line_error(
+        run_cli(env, "enqueue", "echo", "--delay", "1e12")
+    )
+    assert conn.execute("SELECT count(*) FROM runner.jobs").fetchone() == (0,)
+
+
+def test_spans_out_of_range_are_one_line_errors(env):
+    for since in ("1000000000d", "9999-12-31T23:59:59-14:00"):
+        for command in ("list", "stats"):
+            done = run_cli(env, "jobs", command, "--since", since)
+            assert "is out of range" in one_line_error(done)
+
+
+def test_an_embedded_folder_that_cannot_be_made(env, tmp_path):
+    env = {k: v for k, v in env.items() if k != "DATABASE_URL"}
+    done = run_cli(env, "--data-dir", "/proc/nope/pg", "jobs", "list")
+    assert "cannot make the embedded PostgreSQL's folder" in one_line_error(done)

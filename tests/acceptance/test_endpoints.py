@@ -57,7 +57,10 @@ def test_healthz_and_readyz_of_a_working_runner(conn, start_runner):
 
     assert telemetry.get(port, "/readyz") == (
         200,
-        {"status": "ready", "checks": {"database": "up", "listener": "up"}},
+        {
+            "status": "ready",
+            "checks": {"database": "up", "listener": "up", "claiming": "up"},
+        },
     )
     status, alive = telemetry.get(port, "/healthz")
     assert status == 200

@@ -223,3 +223,39 @@ def test_a_wait_that_times_out_keeps_the_secret_for_later(conn, env, start_runne
     assert shown.returncode == 0, shown.stderr
     (new,) = db.successors(conn, key_id)
     assert hash_secret(shown.stdout.rsplit(" ", 1)[1].strip()) == new["key_hash"]
+
+
+def test_a_long_wait_that_times_out_names_its_whole_timeout(conn, env):
+    key_id = db.new_key(conn)
+    done = run_cli(
+        env,
+        "enqueue",
+        "rotate_key",
+        "--key-id",
+        str(key_id),
+        "--wait",
+        "--timeout",
+        "6",
+    )
+    assert done.returncode == 1
+    assert "is a runner running?" in done.stderr
+    assert "still queued after 6 s; it will still run" in done.stderr
+
+
+def test_a_cancelled_rotation_keeps_its_key_for_a_retry(conn, env, start_runner):
+    key_id = db.new_key(conn)
+    done = run_cli(
+        env, "enqueue", "rotate_key", "--key-id", str(key_id), "--delay", "600"
+    )
+    job_id = done.stdout.strip()
+    assert run_cli(env, "jobs", "cancel", job_id).returncode == 0
+    refused = run_cli(env, "secret", job_id)
+    assert refused.stderr.strip() == f"error: job {job_id} cancelled and issued no key"
+    assert run_cli(env, "jobs", "retry", job_id).returncode == 0
+    # The retried job runs at once: a retry makes the job due now.
+    start_runner()
+    wait_until(lambda: db.job_state(conn, int(job_id)) == "succeeded", 60, "rotation")
+    shown = run_cli(env, "secret", job_id)
+    assert shown.returncode == 0, shown.stderr
+    (new,) = db.successors(conn, key_id)
+    assert hash_secret(shown.stdout.rsplit(" ", 1)[1].strip()) == new["key_hash"]

@@ -29,7 +29,7 @@ def test_ready_only_while_connected_listening_or_knowingly_polling():
         False,
         {
             "status": "not ready",
-            "checks": {"database": "down", "listener": "down"},
+            "checks": {"database": "down", "listener": "down", "claiming": "up"},
             "down": ["database", "listener"],
         },
     )
@@ -37,7 +37,10 @@ def test_ready_only_while_connected_listening_or_knowingly_polling():
     health.connected(polling=False)
     assert health.readiness() == (
         True,
-        {"status": "ready", "checks": {"database": "up", "listener": "up"}},
+        {
+            "status": "ready",
+            "checks": {"database": "up", "listener": "up", "claiming": "up"},
+        },
     )
 
     health.connected(polling=True)
@@ -47,3 +50,12 @@ def test_ready_only_while_connected_listening_or_knowingly_polling():
 
     health.disconnected()
     assert health.readiness()[1]["down"] == ["database", "listener"]
+
+
+def test_a_stopping_runner_is_not_ready():
+    health = Health()
+    health.connected(polling=False)
+    health.stopping()
+    ready, report = health.readiness()
+    assert not ready
+    assert report["down"] == ["claiming"]

@@ -99,3 +99,15 @@ def test_a_module_contributes_every_handler_it_holds():
     registry = Registry()
     registry.add_module(module)
     assert [h.name for h in registry] == ["add"]
+
+
+def test_a_context_parameter_needs_context_true():
+    with pytest.raises(ConfigurationError, match=r"@handler\(context=True\)"):
+
+        @handler
+        def needs(ctx: JobContext, n: int) -> None: ...
+
+    @handler(context=True)
+    def fine(ctx: JobContext, n: int) -> None: ...
+
+    assert fine.takes_context

@@ -113,6 +113,8 @@ def test_other_forms_of_loopback_are_refused():
         ("file:///etc/passwd", "http:// or https://"),
         ("https://user:pass@example.com/", "user name or password"),
         ("https:///path", "name a host"),
+        ("http://127.0.0.1:84324/wrapped", "port 84324 is not a TCP port"),
+        ("http://example.com:0/", "port 0 is not a TCP port"),
     ],
 )
 def test_only_plain_http_urls_are_accepted(url, why):
