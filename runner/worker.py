@@ -216,11 +216,14 @@ class Worker:
     def _open_worker_connection(self) -> store.Connection:
         prepare = not self._pooled()
         self.store.prepare = prepare
-        return store.connect(
+        conn = store.connect(
             self.settings.database_url,
             application_name="runner worker",
             prepare=prepare,
         )
+        if prepare:
+            store.use_generic_plans(conn)
+        return conn
 
     def _pooled(self) -> bool:
         """Whether the worker's connection goes through a transaction pooler."""

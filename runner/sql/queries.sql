@@ -335,6 +335,9 @@ SELECT expires_at IS NOT NULL AND expires_at <= now() AS expired, expires_at
 FROM control_plane.api_keys
 WHERE id = %(key_id)s;
 
+-- name: session_generic_plans
+SET plan_cache_mode = force_generic_plan;
+
 -- name: clock_now
 SELECT now();
 
