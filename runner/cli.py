@@ -19,7 +19,13 @@ from prometheus_client import REGISTRY
 from runner import cli_webhooks, client, embedded, logs, metrics, store
 from runner.collector import QueueCollector
 from runner.config import Settings
-from runner.delivery import Inbox, open_secret
+from runner.delivery import (
+    SEALED_FIELD,
+    Inbox,
+    create_key_file,
+    open_secret,
+    read_key_file,
+)
 from runner.errors import (
     ConfigurationError,
     InvalidArguments,
@@ -546,30 +552,84 @@ def _print_outcome(
 
 @cli.command()
 @click.argument("job_id", type=int)
+@click.option(
+    "--recipient-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Open a secret sealed to the key pair of FILE (`runner recipient new`), "
+    "such as an automatic rotation's; FILE is kept.",
+)
 @click.pass_obj
-def secret(obj: _Context, job_id: int) -> None:
-    """Show, once, the new secret of a rotation enqueued here without --wait."""
-    inbox = Inbox()
-    recipient = inbox.recipient(job_id)
+def secret(obj: _Context, job_id: int, recipient_file: Path | None) -> None:
+    """Show, once, the new secret of a rotation: one enqueued here without --wait,
+    or with --recipient-file one sealed to that key pair."""
+    inbox: Inbox | None = None
+    if recipient_file is None:
+        inbox = Inbox()
+        recipient = inbox.recipient(job_id)
+    else:
+        recipient = read_key_file(recipient_file)
     with store.connect(obj.url()) as conn:
         job = store.get_job(conn, job_id)
         if not JobState(job["state"]).is_final:
             raise RunnerError(f"job {job_id} is still {job['state']}: try again later")
         if job["state"] != JobState.SUCCEEDED:
-            inbox.discard(job_id)
+            _discard(inbox, job_id)
             raise RunnerError(
                 f"job {job_id} {job['state']} and issued no key: {job['last_error']}"
             )
+        if recipient_file is not None:
+            _check_sealed_to(job, recipient, recipient_file)
         value = open_secret(conn, job, recipient)
-    inbox.discard(job_id)
+    _discard(inbox, job_id)
     if value is None:
-        raise RunnerError(
-            f"job {job_id} holds no secret: it was shown already, or the key had "
-            "been rotated before and this job issued no new one"
-        )
+        raise RunnerError(_no_secret(job_id))
     click.echo(
         f"new secret of key {job['result'].get('new_key_id')} "
         f"(shown once, store it now): {value}"
+    )
+
+
+def _discard(inbox: Inbox | None, job_id: int) -> None:
+    if inbox is not None:
+        inbox.discard(job_id)
+
+
+def _check_sealed_to(job: dict[str, Any], recipient: Recipient, key_file: Path) -> None:
+    """Refuse a job whose secret is sealed to a key other than the file's."""
+    result, args = job["result"], job["args"]
+    if not isinstance(result, dict) or SEALED_FIELD not in result:
+        raise RunnerError(_no_secret(job["id"]))
+    if not isinstance(args, dict) or args.get("recipient") != recipient.public:
+        raise RunnerError(
+            f"job {job['id']}'s secret is sealed to another key than {key_file}'s"
+        )
+
+
+def _no_secret(job_id: int) -> str:
+    return (
+        f"job {job_id} holds no secret: it was shown already, it was sealed to "
+        "nobody, or the key had been rotated before and this job issued no new one"
+    )
+
+
+@cli.group("recipient")
+def recipient_group() -> None:
+    """Key pairs that receive the new secrets of automatic key rotations."""
+
+
+@recipient_group.command("new")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def new_recipient(file: Path) -> None:
+    """Make a key pair: write its private half to FILE, readable by you only
+    (never replacing a file), and print its public half."""
+    recipient = create_key_file(file)
+    click.echo(recipient.public)
+    click.echo(
+        f"private key written to {file} (mode 0600); give the public key above to "
+        f"--rotate-keys-recipient, and open secrets with `runner secret JOB_ID "
+        f"--recipient-file {file}`",
+        err=True,
     )
 
 
