@@ -230,19 +230,35 @@ def _seconds(
     "never [env: RUNNER_ROTATE_KEYS_OLDER_THAN].",
 )
 @_seconds("rotate-keys-interval", 3600.0, "Seconds between looks for keys to rotate.")
+@click.option(
+    "--rotate-keys-recipient",
+    envvar="RUNNER_ROTATE_KEYS_RECIPIENT",
+    metavar="PUBLIC_KEY",
+    help="Seal the new secret of every automatic rotation to this public key, "
+    "printed by `runner recipient new FILE`; required with "
+    "--rotate-keys-older-than. `none` seals them to nobody: the holders of the "
+    "old keys lose them when their grace period ends "
+    "[env: RUNNER_ROTATE_KEYS_RECIPIENT].",
+)
 @click.pass_obj
 def run(
-    obj: _Context, /, queues: tuple[str, ...], api_token: str | None, **options: Any
+    obj: _Context,
+    /,
+    queues: tuple[str, ...],
+    api_token: str | None,
+    rotate_keys_recipient: str | None,
+    **options: Any,
 ) -> None:
     """Run jobs until stopped by SIGTERM or SIGINT."""
     from runner.worker import Worker
 
     registry = obj.registry()
+    # Empty values in the environment configure nothing.
     settings = Settings(
         database_url=obj.url(),
         queues=queues,
-        # An empty RUNNER_API_TOKEN configures no token.
         api_token=api_token or None,
+        rotate_keys_recipient=rotate_keys_recipient or None,
         **options,
     )
     _check_automatic_rotation(settings, registry)
@@ -258,17 +274,27 @@ def run(
 
 
 def _check_automatic_rotation(settings: Settings, registry: Registry) -> None:
-    """Refuse to start a rotation that every job of would fail (grace policy)."""
+    """Refuse to start a rotation that every job of would fail (grace policy); warn
+    when it seals the new secrets to nobody."""
     if settings.rotate_keys_older_than == 0:
         return
     from runner.scheduler import ROTATED_BY
 
+    args: dict[str, Any] = {"key_id": 1, "requested_by": ROTATED_BY}
+    recipient = settings.rotation_recipient
+    if recipient is not None:
+        args["recipient"] = recipient
     try:
-        registry.get("rotate_key").check_arguments(
-            {"key_id": 1, "requested_by": ROTATED_BY}
-        )
+        registry.get("rotate_key").check_arguments(args)
     except (InvalidArguments, UnknownTask) as exc:
         raise ConfigurationError(f"automatic key rotation cannot run: {exc}") from None
+    if recipient is None:
+        logger.warning(
+            "automatic key rotation seals the new secrets to nobody "
+            "(--rotate-keys-recipient none): the holders of rotated keys lose "
+            "access when the old keys' grace period ends",
+            extra={"action": "rotation_without_recipient"},
+        )
 
 
 def _serve_http(settings: Settings, health: Health, registry: Registry) -> None:

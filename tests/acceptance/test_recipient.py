@@ -46,6 +46,53 @@ def test_a_new_key_file_is_private_and_never_overwritten(env, tmp_path):
     assert_one_line_error(nowhere, "cannot create")
 
 
+def test_a_scheduled_rotation_opens_with_the_operators_key_file(
+    conn, env, start_runner, tmp_path
+):
+    key_file = tmp_path / "ops.key"
+    public = new_key_file(env, key_file)
+    old = db.new_key(conn)
+    conn.execute(
+        "UPDATE control_plane.api_keys SET created_at = now() - interval '2 hours'"
+        " WHERE id = %s",
+        (old,),
+    )
+    runner = start_runner(
+        RUNNER_ROTATE_KEYS_OLDER_THAN="1",
+        RUNNER_ROTATE_KEYS_INTERVAL="0.5",
+        RUNNER_ROTATE_KEYS_RECIPIENT=public,
+    )
+
+    ((job_id,),) = wait_until(
+        lambda: conn.execute(
+            "SELECT id FROM runner.jobs"
+            " WHERE task = 'rotate_key' AND state = 'succeeded'"
+        ).fetchall(),
+        message="the scheduled rotation",
+    )
+    assert db.job(conn, job_id)["args"]["recipient"] == public
+    shown = run_cli(env, "secret", str(job_id), "--recipient-file", str(key_file))
+    assert shown.returncode == 0, shown.stderr
+    found = SHOWN.fullmatch(shown.stdout.strip())
+    assert found is not None, shown.stdout
+    (new,) = db.successors(conn, old)
+    assert int(found[1]) == new["id"]
+    secret = found[2]
+    assert hash_secret(secret) == new["key_hash"]
+
+    # Shown once: the sealed copy is wiped; the key file stays for the next ones.
+    assert "sealed_secret" not in db.job(conn, job_id)["result"]
+    again = run_cli(env, "secret", str(job_id), "--recipient-file", str(key_file))
+    assert_one_line_error(again, f"job {job_id} holds no secret")
+    assert Recipient.load(key_file.read_text()).public == public
+
+    dump = conn.execute(
+        "SELECT string_agg(t::text, ' ') FROM (SELECT * FROM runner.jobs) t"
+    ).fetchone()
+    for text in (str(dump), runner.log(), shown.stderr, again.stderr):
+        assert secret not in text
+
+
 def test_opening_with_a_key_file_fails_in_one_line(conn, env, start_runner, tmp_path):
     mine, theirs = tmp_path / "mine.key", tmp_path / "theirs.key"
     new_key_file(env, mine)
@@ -88,3 +135,15 @@ def test_opening_with_a_key_file_fails_in_one_line(conn, env, start_runner, tmp_
     assert found is not None, opened.stdout
     (new,) = db.successors(conn, key_id)
     assert hash_secret(found[2]) == new["key_hash"]
+
+
+def test_the_rotation_without_a_recipient_runs_only_when_told_and_warns(
+    env, start_runner
+):
+    runner = start_runner(
+        RUNNER_ROTATE_KEYS_OLDER_THAN="24", RUNNER_ROTATE_KEYS_RECIPIENT="none"
+    )
+    assert (
+        "automatic key rotation seals the new secrets to nobody "
+        "(--rotate-keys-recipient none): the holders of rotated keys lose access"
+    ) in runner.log()
