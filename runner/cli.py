@@ -652,9 +652,9 @@ def new_recipient(file: Path) -> None:
     recipient = create_key_file(file)
     click.echo(recipient.public)
     click.echo(
-        f"private key written to {file} (mode 0600); give the public key above to "
-        f"--rotate-keys-recipient, and open secrets with `runner secret JOB_ID "
-        f"--recipient-file {file}`",
+        f"private key written to {file} (mode 0600); the public key goes to "
+        "RUNNER_ROTATE_KEYS_RECIPIENT, and `runner secret JOB_ID --recipient-file "
+        f"{file}` opens the secrets sealed to it",
         err=True,
     )
 
