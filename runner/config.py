@@ -7,7 +7,7 @@ import string
 from dataclasses import dataclass, field, fields
 
 from runner.errors import ConfigurationError, InvalidArguments
-from runner.sealing import public_key
+from runner.sealing import seal
 
 # A bearer token must be hard to guess and fit an HTTP header as it is.
 MIN_TOKEN_LENGTH = 32
@@ -114,8 +114,10 @@ class Settings:
         if recipient == NO_RECIPIENT:
             return
         try:
-            public_key(recipient)
-        except InvalidArguments:
+            # A point of small order (32 zero bytes, say) parses, but no key
+            # agreement with it works: every rotation would fail to seal.
+            seal(recipient, "")
+        except (InvalidArguments, ValueError):
             # The message never quotes the value: it may be a private key pasted
             # by mistake.
             raise ConfigurationError(

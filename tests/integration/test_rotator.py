@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 
 import pytest
@@ -176,7 +177,15 @@ def test_the_rotation_needs_a_recipient_or_an_explicit_none():
     assert sealed.rotation_recipient == public
 
 
-@pytest.mark.parametrize("value", ["not a key", "AAAA", Recipient().export()[:-4]])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not a key",
+        "AAAA",
+        Recipient().export()[:-4],
+        base64.b64encode(bytes(32)).decode(),
+    ],
+)
 def test_a_recipient_that_is_no_public_key_is_refused(value):
     with pytest.raises(ConfigurationError, match="must be a base64 X25519") as refused:
         Settings(database_url="x", rotate_keys_recipient=value)
