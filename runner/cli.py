@@ -237,7 +237,7 @@ def _seconds(
     help="Seal the new secret of every automatic rotation to this public key, "
     "printed by `runner recipient new FILE`; required with "
     "--rotate-keys-older-than. `none` seals them to nobody: the holders of the "
-    "old keys lose them when their grace period ends "
+    "old keys lose access when the grace period ends "
     "[env: RUNNER_ROTATE_KEYS_RECIPIENT].",
 )
 @click.pass_obj
