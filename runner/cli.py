@@ -19,7 +19,13 @@ from prometheus_client import REGISTRY
 from runner import cli_webhooks, client, embedded, logs, metrics, store
 from runner.collector import QueueCollector
 from runner.config import Settings
-from runner.delivery import Inbox, open_secret
+from runner.delivery import (
+    SEALED_FIELD,
+    Inbox,
+    create_key_file,
+    open_secret,
+    read_key_file,
+)
 from runner.errors import (
     ConfigurationError,
     InvalidArguments,
@@ -224,19 +230,35 @@ def _seconds(
     "never [env: RUNNER_ROTATE_KEYS_OLDER_THAN].",
 )
 @_seconds("rotate-keys-interval", 3600.0, "Seconds between looks for keys to rotate.")
+@click.option(
+    "--rotate-keys-recipient",
+    envvar="RUNNER_ROTATE_KEYS_RECIPIENT",
+    metavar="PUBLIC_KEY",
+    help="Seal the new secret of every automatic rotation to this public key, "
+    "printed by `runner recipient new FILE`; required with "
+    "--rotate-keys-older-than. `none` seals them to nobody: the holders of the "
+    "old keys lose access when the grace period ends "
+    "[env: RUNNER_ROTATE_KEYS_RECIPIENT].",
+)
 @click.pass_obj
 def run(
-    obj: _Context, /, queues: tuple[str, ...], api_token: str | None, **options: Any
+    obj: _Context,
+    /,
+    queues: tuple[str, ...],
+    api_token: str | None,
+    rotate_keys_recipient: str | None,
+    **options: Any,
 ) -> None:
     """Run jobs until stopped by SIGTERM or SIGINT."""
     from runner.worker import Worker
 
     registry = obj.registry()
+    # Empty values in the environment configure nothing.
     settings = Settings(
         database_url=obj.url(),
         queues=queues,
-        # An empty RUNNER_API_TOKEN configures no token.
         api_token=api_token or None,
+        rotate_keys_recipient=rotate_keys_recipient or None,
         **options,
     )
     _check_automatic_rotation(settings, registry)
@@ -252,17 +274,27 @@ def run(
 
 
 def _check_automatic_rotation(settings: Settings, registry: Registry) -> None:
-    """Refuse to start a rotation that every job of would fail (grace policy)."""
+    """Refuse to start a rotation that every job of would fail (grace policy); warn
+    when it seals the new secrets to nobody."""
     if settings.rotate_keys_older_than == 0:
         return
     from runner.scheduler import ROTATED_BY
 
+    args: dict[str, Any] = {"key_id": 1, "requested_by": ROTATED_BY}
+    recipient = settings.rotation_recipient
+    if recipient is not None:
+        args["recipient"] = recipient
     try:
-        registry.get("rotate_key").check_arguments(
-            {"key_id": 1, "requested_by": ROTATED_BY}
-        )
+        registry.get("rotate_key").check_arguments(args)
     except (InvalidArguments, UnknownTask) as exc:
         raise ConfigurationError(f"automatic key rotation cannot run: {exc}") from None
+    if recipient is None:
+        logger.warning(
+            "automatic key rotation seals the new secrets to nobody "
+            "(--rotate-keys-recipient none): the holders of rotated keys lose "
+            "access when the old keys' grace period ends",
+            extra={"action": "rotation_without_recipient"},
+        )
 
 
 def _serve_http(settings: Settings, health: Health, registry: Registry) -> None:
@@ -567,11 +599,23 @@ def _print_outcome(
 
 @cli.command()
 @click.argument("job_id", type=int)
+@click.option(
+    "--recipient-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Open a secret sealed to the key pair of FILE (`runner recipient new`), "
+    "such as an automatic rotation's; FILE is kept.",
+)
 @click.pass_obj
-def secret(obj: _Context, job_id: int) -> None:
-    """Show, once, the new secret of a rotation enqueued here without --wait."""
-    inbox = Inbox()
-    recipient = inbox.recipient(job_id)
+def secret(obj: _Context, job_id: int, recipient_file: Path | None) -> None:
+    """Show, once, the new secret of a rotation: one enqueued here without --wait,
+    or with --recipient-file one sealed to that key pair."""
+    inbox: Inbox | None = None
+    if recipient_file is None:
+        inbox = Inbox()
+        recipient = inbox.recipient(job_id)
+    else:
+        recipient = read_key_file(recipient_file)
     with store.connect(obj.url()) as conn:
         job = store.get_job(conn, job_id)
         if not JobState(job["state"]).is_final:
@@ -582,16 +626,58 @@ def secret(obj: _Context, job_id: int) -> None:
                 f"job {job_id} {job['state']} and issued no key"
                 + (f": {job['last_error']}" if job["last_error"] else "")
             )
+        if recipient_file is not None:
+            _check_sealed_to(job, recipient, recipient_file)
         value = open_secret(conn, job, recipient)
-    inbox.discard(job_id)
+    _discard(inbox, job_id)
     if value is None:
-        raise RunnerError(
-            f"job {job_id} holds no secret: it was shown already, or the key had "
-            "been rotated before and this job issued no new one"
-        )
+        raise RunnerError(_no_secret(job_id))
     click.echo(
         f"new secret of key {job['result'].get('new_key_id')} "
         f"(shown once, store it now): {value}"
+    )
+
+
+def _discard(inbox: Inbox | None, job_id: int) -> None:
+    if inbox is not None:
+        inbox.discard(job_id)
+
+
+def _check_sealed_to(job: dict[str, Any], recipient: Recipient, key_file: Path) -> None:
+    """Refuse a job whose secret is sealed to a key other than the file's."""
+    result, args = job["result"], job["args"]
+    if not isinstance(result, dict) or SEALED_FIELD not in result:
+        raise RunnerError(_no_secret(job["id"]))
+    if not isinstance(args, dict) or args.get("recipient") != recipient.public:
+        raise RunnerError(
+            f"job {job['id']}'s secret is sealed to another key than {key_file}'s"
+        )
+
+
+def _no_secret(job_id: int) -> str:
+    return (
+        f"job {job_id} holds no secret: it was shown already, it was sealed to "
+        "nobody, or the key had been rotated before and this job issued no new one"
+    )
+
+
+@cli.group("recipient")
+def recipient_group() -> None:
+    """Key pairs that receive the new secrets of automatic key rotations."""
+
+
+@recipient_group.command("new")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def new_recipient(file: Path) -> None:
+    """Make a key pair: write its private half to FILE, readable by you only
+    (never replacing a file), and print its public half."""
+    recipient = create_key_file(file)
+    click.echo(recipient.public)
+    click.echo(
+        f"private key written to {file} (mode 0600); the public key goes to "
+        "RUNNER_ROTATE_KEYS_RECIPIENT, and `runner secret JOB_ID --recipient-file "
+        f"{file}` opens the secrets sealed to it",
+        err=True,
     )
 
 

@@ -6,11 +6,15 @@ import math
 import string
 from dataclasses import dataclass, field, fields
 
-from runner.errors import ConfigurationError
+from runner.errors import ConfigurationError, InvalidArguments
+from runner.sealing import seal
 
 # A bearer token must be hard to guess and fit an HTTP header as it is.
 MIN_TOKEN_LENGTH = 32
 _TOKEN_CHARACTERS = frozenset(string.ascii_letters + string.digits + string.punctuation)
+# The `rotate_keys_recipient` that lets the rotator issue secrets nobody receives:
+# said out loud, because their old keys' holders lose access when the grace ends.
+NO_RECIPIENT = "none"
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,9 @@ class Settings:
     rotate_keys_older_than: float = 0.0
     """Hours: enqueue a rotation of every API key older than this; 0 turns it off."""
     rotate_keys_interval: float = 3600.0
+    rotate_keys_recipient: str | None = None
+    """The base64 X25519 public key the rotator seals every new secret to, or
+    NO_RECIPIENT; required while the rotation is on."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -84,6 +91,40 @@ class Settings:
                 f"{_option('retry_max_delay')} must not be less than "
                 f"{_option('retry_base_delay')}"
             )
+        self._check_rotation_recipient()
+
+    @property
+    def rotation_recipient(self) -> str | None:
+        """The public key the rotator seals new secrets to; None: nobody."""
+        if self.rotate_keys_recipient == NO_RECIPIENT:
+            return None
+        return self.rotate_keys_recipient
+
+    def _check_rotation_recipient(self) -> None:
+        recipient = self.rotate_keys_recipient
+        if recipient is None:
+            if self.rotate_keys_older_than > 0:
+                raise ConfigurationError(
+                    "automatic key rotation needs "
+                    f"{_option('rotate_keys_recipient')}: the public key that "
+                    "`runner recipient new FILE` prints, to seal the new secrets "
+                    f"to, or `{NO_RECIPIENT}` to let nobody receive them"
+                )
+            return
+        if recipient == NO_RECIPIENT:
+            return
+        try:
+            # A point of small order (32 zero bytes, say) parses, but no key
+            # agreement with it works: every rotation would fail to seal.
+            seal(recipient, "")
+        except (InvalidArguments, ValueError):
+            # The message never quotes the value: it may be a private key pasted
+            # by mistake.
+            raise ConfigurationError(
+                f"{_option('rotate_keys_recipient')} must be a base64 X25519 "
+                "public key, as `runner recipient new FILE` prints, or "
+                f"`{NO_RECIPIENT}`"
+            ) from None
 
 
 def _check_token(token: str) -> None:

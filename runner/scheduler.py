@@ -7,7 +7,8 @@
 - pruner: deletes finished jobs past their retention (one for succeeded jobs, one
   for failed and cancelled ones), in bounded batches;
 - rotator, when configured: enqueues a rotation of the API keys older than the
-  configured age that are not expired and not rotated yet, a bounded batch per pass.
+  configured age that are not expired and not rotated yet, a bounded batch per pass,
+  each sealing its new secret to the operator's public key.
 
 Every runner schedules the sweeps, but a sweep starts only after claiming its slot
 in `runner.sweeps`, which no runner can claim twice within one interval: a sweep
@@ -271,15 +272,18 @@ class MaintenanceScheduler:
         return total
 
     def rotate_keys(self, conn: store.Connection) -> None:
-        age = self._settings.rotate_keys_older_than * 3600.0
-        enqueued = store.enqueue_due_rotations(conn, age, ROTATE_BATCH, ROTATED_BY)
+        s = self._settings
+        age = s.rotate_keys_older_than * 3600.0
+        enqueued = store.enqueue_due_rotations(
+            conn, age, ROTATE_BATCH, ROTATED_BY, s.rotation_recipient
+        )
         if not enqueued:
             return
         metrics.KEY_ROTATIONS_ENQUEUED.labels("schedule").inc(len(enqueued))
         logger.info(
             "enqueued the rotation of %s keys older than %g hours",
             len(enqueued),
-            self._settings.rotate_keys_older_than,
+            s.rotate_keys_older_than,
             extra={"action": "key_rotations_scheduled"},
         )
 

@@ -3,7 +3,8 @@
 Whoever asks for a new secret (say `runner enqueue rotate_key --wait`) makes a
 one-time X25519 key pair and sends only the public half with the job. The handler
 seals the secret to it; the database stores nothing but the sealed form, which only
-the waiting requester, holding the private half in memory, can open.
+the waiting requester, holding the private half in memory, can open. Automatic
+rotations seal to the operator's long-lived key pair instead (see runner.delivery).
 
 Scheme: an ephemeral X25519 key agreement, HKDF-SHA256 over the shared secret bound
 to both public keys, and ChaCha20-Poly1305.
@@ -32,7 +33,7 @@ _NONCE = bytes(12)
 
 
 class Recipient:
-    """A one-time key pair; `public` is what travels with the job."""
+    """A key pair, one-time or the operator's; `public` travels with the job."""
 
     def __init__(self, private: X25519PrivateKey | None = None) -> None:
         from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey

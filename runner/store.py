@@ -531,14 +531,22 @@ def api_key_expiry(
 
 
 def enqueue_due_rotations(
-    conn: Connection, age: float, batch: int, requested_by: str
+    conn: Connection,
+    age: float,
+    batch: int,
+    requested_by: str,
+    recipient: str | None,
 ) -> list[tuple[int, int]]:
     """Enqueue a rotation of up to `batch` keys older than `age` seconds that are
-    not expired and not rotated, oldest first; return (job id, key id) pairs."""
+    not expired and not rotated, oldest first; return (job id, key id) pairs.
+
+    Each new secret is sealed to `recipient`, a public key; None: to nobody.
+    """
     params = {
         "age": age,
         "batch": batch,
         "requested_by": requested_by,
+        "recipient": recipient,
         "unique_prefix": ROTATION_KEY_PREFIX,
     }
     with translate_errors():

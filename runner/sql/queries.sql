@@ -40,8 +40,9 @@ WHERE unique_key = %(unique_key)s AND state IN ('queued', 'running');
 
 -- name: job_insert_due_rotations
 -- Enqueue a rotation of each key older than `age` seconds that has not expired, has
--- no successor and no rotation queued or running: the oldest `batch` of them. Each
--- half reads one index range (see schema.sql), stopping once it has enough.
+-- no successor and no rotation queued or running: the oldest `batch` of them, each
+-- sealing its new secret to `recipient` (NULL: to nobody). Each half reads one
+-- index range (see schema.sql), stopping once it has enough.
 WITH candidates AS (
     (SELECT k.id, k.created_at
      FROM control_plane.api_keys AS k
@@ -73,7 +74,11 @@ WITH candidates AS (
 )
 INSERT INTO runner.jobs (task, args, unique_key)
 SELECT 'rotate_key',
-       jsonb_build_object('key_id', id, 'requested_by', %(requested_by)s::text),
+       -- Without a recipient the argument is left out, as rotate_key's default.
+       jsonb_strip_nulls(jsonb_build_object(
+           'key_id', id,
+           'requested_by', %(requested_by)s::text,
+           'recipient', %(recipient)s::text)),
        %(unique_prefix)s::text || id
 FROM due
 -- A rotation enqueued meanwhile by someone else wins.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
 from collections.abc import Iterator
 
@@ -16,6 +17,9 @@ from tests.support.cluster import free_port
 from tests.support.processes import run_cli, wait_until
 
 ROTATE = "/v1/keys/{}/rotate"
+# One byte short of a public key; an error must never quote it (a value in its
+# place may be a private key pasted by mistake).
+BAD_RECIPIENT = base64.b64encode(bytes(range(31))).decode()
 
 
 @pytest.fixture
@@ -255,6 +259,7 @@ def test_old_keys_are_rotated_on_schedule(conn, start_runner):
         RUNNER_METRICS_PORT=str(port),
         RUNNER_ROTATE_KEYS_OLDER_THAN="1",
         RUNNER_ROTATE_KEYS_INTERVAL="0.5",
+        RUNNER_ROTATE_KEYS_RECIPIENT="none",
     )
 
     wait_until(lambda: db.successors(conn, old), message="the old key's rotation")
@@ -279,9 +284,25 @@ def test_settings_the_api_and_the_rotation_cannot_work_with_are_refused(env):
         (
             {
                 "RUNNER_ROTATE_KEYS_OLDER_THAN": "24",
+                "RUNNER_ROTATE_KEYS_RECIPIENT": Recipient().public,
                 "RUNNER_ROTATION_MAX_GRACE_HOURS": "12",
             },
             "automatic key rotation cannot run",
+        ),
+        (
+            {"RUNNER_ROTATE_KEYS_OLDER_THAN": "24"},
+            "automatic key rotation needs --rotate-keys-recipient",
+        ),
+        (
+            {"RUNNER_ROTATE_KEYS_OLDER_THAN": "24", "RUNNER_ROTATE_KEYS_RECIPIENT": ""},
+            "automatic key rotation needs --rotate-keys-recipient",
+        ),
+        (
+            {
+                "RUNNER_ROTATE_KEYS_OLDER_THAN": "24",
+                "RUNNER_ROTATE_KEYS_RECIPIENT": BAD_RECIPIENT,
+            },
+            "--rotate-keys-recipient must be a base64 X25519 public key",
         ),
     ]
     for overrides, message in cases:
@@ -289,3 +310,4 @@ def test_settings_the_api_and_the_rotation_cannot_work_with_are_refused(env):
         assert done.returncode == 1, done.stderr
         assert done.stderr.startswith(f"error: {message}"), done.stderr
         assert len(done.stderr.splitlines()) == 1
+        assert BAD_RECIPIENT not in done.stderr

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 
 import pytest
 
 from runner import queries, scheduler, store
-from runner.config import Settings
+from runner.config import NO_RECIPIENT, Settings
 from runner.errors import ConfigurationError
 from runner.scheduler import MaintenanceScheduler
+from runner.sealing import Recipient
 from tests.support import db
 
 
@@ -24,8 +26,14 @@ def old_key(conn, hours: float, **fields) -> int:
     return key_id
 
 
-def rotator(database_url: str, older_than: float = 24) -> MaintenanceScheduler:
-    settings = Settings(database_url=database_url, rotate_keys_older_than=older_than)
+def rotator(
+    database_url: str, older_than: float = 24, recipient: str = NO_RECIPIENT
+) -> MaintenanceScheduler:
+    settings = Settings(
+        database_url=database_url,
+        rotate_keys_older_than=older_than,
+        rotate_keys_recipient=recipient,
+    )
     return MaintenanceScheduler(settings, store.WorkerStore(uuid.uuid4()), str)
 
 
@@ -56,6 +64,15 @@ def test_old_keys_that_are_live_and_not_rotated_get_a_rotation(conn, database_ur
         "requested_by": "schedule",
         "unique_key": f"rotate_key:{due}",
     }
+
+
+def test_each_rotation_seals_its_secret_to_the_configured_recipient(conn, database_url):
+    public = Recipient().public
+    key_id = old_key(conn, 48)
+
+    rotator(database_url, recipient=public).rotate_keys(conn)
+
+    assert rotations(conn)[key_id]["recipient"] == public
 
 
 def test_a_key_gets_one_rotation_however_often_it_is_swept(conn, database_url):
@@ -116,6 +133,7 @@ def test_the_sweep_reads_index_ranges_on_a_large_table(conn):
         "age": 86400.0,
         "batch": scheduler.ROTATE_BATCH,
         "requested_by": "schedule",
+        "recipient": Recipient().public,
         "unique_prefix": store.ROTATION_KEY_PREFIX,
     }
     plan = "\n".join(
@@ -145,3 +163,30 @@ def test_automatic_rotation_is_off_unless_configured(database_url):
 def test_a_rotation_interval_must_be_positive(interval):
     with pytest.raises(ConfigurationError, match="--rotate-keys-interval"):
         Settings(database_url="x", rotate_keys_interval=interval)
+
+
+def test_the_rotation_needs_a_recipient_or_an_explicit_none():
+    with pytest.raises(ConfigurationError, match="needs --rotate-keys-recipient"):
+        Settings(database_url="x", rotate_keys_older_than=24)
+    unsealed = Settings(
+        database_url="x", rotate_keys_older_than=24, rotate_keys_recipient="none"
+    )
+    assert unsealed.rotation_recipient is None
+    public = Recipient().public
+    sealed = Settings(database_url="x", rotate_keys_recipient=public)
+    assert sealed.rotation_recipient == public
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not a key",
+        "AAAA",
+        Recipient().export()[:-4],
+        base64.b64encode(bytes(32)).decode(),
+    ],
+)
+def test_a_recipient_that_is_no_public_key_is_refused(value):
+    with pytest.raises(ConfigurationError, match="must be a base64 X25519") as refused:
+        Settings(database_url="x", rotate_keys_recipient=value)
+    assert value not in str(refused.value)

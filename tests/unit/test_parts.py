@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
 from handlers.rotate_key import hash_secret, new_secret
 from runner import queries
 from runner.cli import _parse_value, _task_options
+from runner.delivery import create_key_file, read_key_file
 from runner.errors import InvalidArguments, RunnerError
 from runner.sealing import Recipient, seal
 from runner.store import describe
@@ -45,6 +49,25 @@ def test_a_sealed_secret_opens_only_for_its_recipient():
         stranger.open(sealed)
     with pytest.raises(InvalidArguments, match="X25519"):
         seal("not a key", "x")
+
+
+def test_a_key_file_is_0600_whatever_the_umask_and_reads_back(tmp_path):
+    path = tmp_path / "ops.key"
+    previous = os.umask(0o277)
+    try:
+        recipient = create_key_file(path)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert read_key_file(path).public == recipient.public
+
+
+def test_a_key_file_that_is_no_key_is_refused(tmp_path):
+    for name, content in (("binary", b"\xff\xfe\x00"), ("large", b"A" * 10_000)):
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(RunnerError, match="holds no recipient key"):
+            read_key_file(path)
 
 
 def test_new_secrets_are_random_and_only_their_hash_is_kept():
