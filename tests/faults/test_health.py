@@ -25,7 +25,7 @@ def test_readyz_names_what_is_down_while_the_database_is(cluster, start_runner):
         down = wait_until(lambda: readiness(port, 503), message="readyz to say 503")
         assert down == {
             "status": "not ready",
-            "checks": {"database": "down", "listener": "down"},
+            "checks": {"database": "down", "listener": "down", "claiming": "up"},
             "down": ["database", "listener"],
         }
         # The scrape still answers, and says the database is down.

@@ -79,7 +79,10 @@ def test_behind_a_transaction_pooler_the_runner_says_so_and_polls(
         ready = telemetry.get(runner.metrics_port, "/readyz")
         assert ready == (
             200,
-            {"status": "ready", "checks": {"database": "up", "listener": "polling"}},
+            {
+                "status": "ready",
+                "checks": {"database": "up", "listener": "polling", "claiming": "up"},
+            },
         )
         assert gauge(runner, "runner_database_up") == 1
 

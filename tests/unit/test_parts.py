@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import stat
 
+import click
 import pytest
 
 from handlers.rotate_key import hash_secret, new_secret
@@ -36,7 +37,7 @@ def test_task_options_become_arguments():
     }
     assert _parse_value("text") == "text"
     assert _parse_value('{"a": [1]}') == {"a": [1]}
-    with pytest.raises(InvalidArguments):
+    with pytest.raises(click.UsageError):
         _task_options(["stray"])
 
 
